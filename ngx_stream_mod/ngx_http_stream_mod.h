@@ -1,0 +1,305 @@
+
+/*
+ * ngx_stream_mod: a gate in front of Stream's moderation API.
+ *
+ * Shared types of the module.  Each concern lives in its own file:
+ *
+ *   ngx_http_stream_mod_module.c    directives, configuration, the gate
+ *   ngx_http_stream_mod_identity.c  user tokens (HS256 JWT), server token
+ *   ngx_http_stream_mod_action.c    action table and path routing
+ *   ngx_http_stream_mod_body.c      body capture, inspection and stamping
+ *   ngx_http_stream_mod_policy.c    policy file: loading and evaluation
+ *   ngx_http_stream_mod_limit.c     per-moderator rate limits (shm zones)
+ *   ngx_http_stream_mod_upstream.c  rewrite of the request for proxy_pass
+ *   ngx_http_stream_mod_status.c    counters and the status handler
+ *   ngx_http_stream_mod_error.c     Stream APIError responses, CORS
+ */
+
+
+#ifndef _NGX_HTTP_STREAM_MOD_H_INCLUDED_
+#define _NGX_HTTP_STREAM_MOD_H_INCLUDED_
+
+
+#include <ngx_config.h>
+#include <ngx_core.h>
+#include <ngx_http.h>
+#include <jansson.h>
+
+
+#define NGX_HTTP_STREAM_MOD_VERSION       "0.1.0"
+
+/* longest user id Stream accepts */
+#define NGX_HTTP_STREAM_MOD_MAX_USER_ID   255
+/* path parameters, SPEC section 4 */
+#define NGX_HTTP_STREAM_MOD_MAX_PARAM     64
+#define NGX_HTTP_STREAM_MOD_MAX_TOKEN     4096
+
+
+/* Stream's APIError codes */
+#define NGX_HTTP_STREAM_MOD_E_INTERNAL       (-1)
+#define NGX_HTTP_STREAM_MOD_E_INPUT          4
+#define NGX_HTTP_STREAM_MOD_E_AUTH           5
+#define NGX_HTTP_STREAM_MOD_E_RATE_LIMIT     9
+#define NGX_HTTP_STREAM_MOD_E_NOT_FOUND      16
+#define NGX_HTTP_STREAM_MOD_E_NOT_ALLOWED    17
+#define NGX_HTTP_STREAM_MOD_E_TOO_BIG        22
+#define NGX_HTTP_STREAM_MOD_E_EXPIRED        40
+#define NGX_HTTP_STREAM_MOD_E_NOT_YET        41
+#define NGX_HTTP_STREAM_MOD_E_IAT            42
+#define NGX_HTTP_STREAM_MOD_E_SIGNATURE      43
+
+
+/* $stream_mod_decision */
+#define NGX_HTTP_STREAM_MOD_NONE    0
+#define NGX_HTTP_STREAM_MOD_ALLOW   1
+#define NGX_HTTP_STREAM_MOD_DENY    2
+#define NGX_HTTP_STREAM_MOD_LIMIT   3
+#define NGX_HTTP_STREAM_MOD_REJECT  4
+
+
+/* actions, SPEC section 4; the order is the status output's order */
+enum {
+    NGX_HTTP_STREAM_MOD_BAN = 0,
+    NGX_HTTP_STREAM_MOD_UNBAN,
+    NGX_HTTP_STREAM_MOD_MUTE,
+    NGX_HTTP_STREAM_MOD_UNMUTE,
+    NGX_HTTP_STREAM_MOD_BLOCK_USER,
+    NGX_HTTP_STREAM_MOD_UNBLOCK_USER,
+    NGX_HTTP_STREAM_MOD_BLOCKED_USERS,
+    NGX_HTTP_STREAM_MOD_DEACTIVATE_USER,
+    NGX_HTTP_STREAM_MOD_REACTIVATE_USER,
+    NGX_HTTP_STREAM_MOD_DEACTIVATE_USERS,
+    NGX_HTTP_STREAM_MOD_REACTIVATE_USERS,
+    NGX_HTTP_STREAM_MOD_EXPORT_USERS,
+    NGX_HTTP_STREAM_MOD_GET_TASK,
+    NGX_HTTP_STREAM_MOD_MUTE_USERS,
+    NGX_HTTP_STREAM_MOD_BLOCK_CALL_USER,
+    NGX_HTTP_STREAM_MOD_UNBLOCK_CALL_USER,
+    NGX_HTTP_STREAM_MOD_KICK_USER,
+    NGX_HTTP_STREAM_MOD_UPDATE_USER_PERMISSIONS,
+    NGX_HTTP_STREAM_MOD_END_CALL,
+    NGX_HTTP_STREAM_MOD_REQUEST_PERMISSION,
+    NGX_HTTP_STREAM_MOD_NACTIONS
+};
+
+
+/* body field types, from the upstream OpenAPI schemas */
+#define NGX_HTTP_STREAM_MOD_T_STRING   0
+#define NGX_HTTP_STREAM_MOD_T_BOOL     1
+#define NGX_HTTP_STREAM_MOD_T_UINT     2      /* integer, minimum 0 */
+#define NGX_HTTP_STREAM_MOD_T_STRINGS  3      /* array of strings */
+#define NGX_HTTP_STREAM_MOD_T_OBJECT   4      /* user object: refused */
+
+/* body field roles */
+#define NGX_HTTP_STREAM_MOD_F_REQUIRED  0x01
+#define NGX_HTTP_STREAM_MOD_F_ACTOR     0x02
+#define NGX_HTTP_STREAM_MOD_F_TARGET    0x04
+#define NGX_HTTP_STREAM_MOD_F_USER_ID   0x08  /* values are user ids */
+
+
+typedef struct {
+    ngx_str_t                       name;
+    ngx_uint_t                      type;
+    ngx_uint_t                      flags;
+    ngx_uint_t                      min_items;
+    ngx_uint_t                      max_items;     /* 0: unbounded */
+    const char                    **values;        /* enum, NULL-ended */
+} ngx_http_stream_mod_field_t;
+
+
+typedef struct {
+    ngx_str_t                       name;
+    ngx_uint_t                      id;
+    ngx_str_t                       upstream_method;
+    /* "/api/v2/users/$0/deactivate": $0, $1 are the path parameters */
+    ngx_str_t                       upstream_path;
+    ngx_http_stream_mod_field_t    *fields;
+    ngx_uint_t                      nfields;
+    /* query parameters the upstream operation defines, NULL-ended */
+    const char                    **query;
+    /* the query parameter holding the target, or the actor */
+    ngx_str_t                       query_target;
+    ngx_str_t                       query_actor;
+    unsigned                        body:1;        /* POST with JSON */
+    unsigned                        call:1;        /* /calls/{type}/{id} */
+    unsigned                        user_token:1;  /* runs as the caller */
+    unsigned                        param_target:1;
+} ngx_http_stream_mod_action_t;
+
+
+typedef struct {
+    ngx_str_t                       secret;
+    /* HS256 JWT of {"server":true}, made once per secret */
+    ngx_str_t                       server_token;
+} ngx_http_stream_mod_secret_t;
+
+
+typedef struct ngx_http_stream_mod_policy_s  ngx_http_stream_mod_policy_t;
+
+
+typedef struct {
+    ngx_shm_zone_t                 *shm_zone;
+    ngx_uint_t                      burst;       /* in requests * 1000 */
+    unsigned                        per_action:1;
+} ngx_http_stream_mod_limit_t;
+
+
+typedef struct {
+    ngx_str_t                       name;
+    size_t                          size;
+    ngx_uint_t                      entries;
+    ngx_uint_t                      evictions;
+    ngx_uint_t                      expired;
+    ngx_uint_t                      full_refusals;
+    ngx_uint_t                      dry_run_hits;
+    ngx_uint_t                      rate;
+    ngx_uint_t                      per_minute;
+} ngx_http_stream_mod_zone_stats_t;
+
+
+typedef struct {
+    ngx_shm_zone_t                 *status_zone;
+    ngx_array_t                    *zones;           /* ngx_shm_zone_t * */
+} ngx_http_stream_mod_main_conf_t;
+
+
+typedef struct {
+    ngx_flag_t                      enable;
+    ngx_str_t                       api_key;
+    ngx_http_stream_mod_secret_t   *secret;
+    ngx_array_t                    *token_secrets;   /* ngx_str_t */
+    ngx_int_t                       identity;        /* -2: token */
+    time_t                          leeway;
+    size_t                          max_body_size;
+    ngx_http_stream_mod_policy_t   *policy;
+    ngx_uint_t                      policy_set;
+    ngx_array_t                    *limits;          /* limit_t */
+    ngx_flag_t                      limit_dry_run;
+    ngx_array_t                    *cors_origins;    /* ngx_str_t */
+} ngx_http_stream_mod_loc_conf_t;
+
+
+#define NGX_HTTP_STREAM_MOD_IDENTITY_TOKEN  (-2)
+
+
+typedef struct {
+    ngx_int_t                       phase_status;
+    ngx_http_stream_mod_action_t   *action;
+
+    ngx_str_t                       params[2];      /* path parameters */
+    ngx_str_t                       query_target;
+    ngx_str_t                       query_actor;
+    ngx_str_t                       query_extra;    /* forwarded, raw */
+
+    ngx_str_t                       user;
+    ngx_str_t                       token;          /* raw user token */
+    json_t                         *claims;
+    json_t                         *body;
+    unsigned                        api_secret_token:1;
+
+    ngx_array_t                     targets;        /* ngx_str_t */
+    ngx_uint_t                      mute_all;
+    ngx_str_t                       call;           /* "type:id" */
+
+    /* the raw body as the client sent it, captured in memory */
+    u_char                         *raw;
+    size_t                          raw_len;
+    size_t                          raw_size;
+    size_t                          raw_max;
+
+    ngx_uint_t                      decision;
+    ngx_str_t                       reason;
+    ngx_str_t                       rule;
+
+    /* a gateway error being answered */
+    ngx_int_t                       err_status;
+    ngx_int_t                       err_code;
+    ngx_str_t                       err_message;
+    ngx_str_t                       err_allow;      /* 405 Allow */
+    time_t                          retry_after;
+    ngx_int_t                       rl_limit;
+    ngx_int_t                       rl_remaining;
+    time_t                          rl_reset;
+
+    ngx_str_t                       origin;         /* allowed CORS origin */
+    ngx_buf_t                      *err_body;
+
+    unsigned                        capture:1;
+    unsigned                        waiting_body:1;
+    unsigned                        forwarded:1;
+    unsigned                        replace_body:1;
+    unsigned                        body_sent:1;
+    unsigned                        counted:1;
+    unsigned                        rl_headers:1;
+    unsigned                        preflight:1;
+} ngx_http_stream_mod_ctx_t;
+
+
+extern ngx_module_t  ngx_http_stream_mod_module;
+
+
+/* action.c */
+ngx_int_t ngx_http_stream_mod_route(ngx_http_request_t *r,
+    ngx_http_stream_mod_ctx_t *ctx);
+ngx_http_stream_mod_action_t *ngx_http_stream_mod_action_find(ngx_str_t *name);
+ngx_http_stream_mod_action_t *ngx_http_stream_mod_action_get(ngx_uint_t id);
+ngx_uint_t ngx_http_stream_mod_valid_id(u_char *p, size_t len, size_t max);
+
+/* identity.c */
+ngx_int_t ngx_http_stream_mod_identify(ngx_http_request_t *r,
+    ngx_http_stream_mod_loc_conf_t *lcf, ngx_http_stream_mod_ctx_t *ctx);
+char *ngx_http_stream_mod_read_secret(ngx_conf_t *cf, ngx_str_t *path,
+    ngx_str_t *secret);
+ngx_int_t ngx_http_stream_mod_make_server_token(ngx_pool_t *pool,
+    ngx_str_t *secret, ngx_str_t *token);
+
+/* body.c */
+ngx_int_t ngx_http_stream_mod_body_init(ngx_conf_t *cf);
+ngx_int_t ngx_http_stream_mod_inspect_body(ngx_http_request_t *r,
+    ngx_http_stream_mod_ctx_t *ctx);
+ngx_int_t ngx_http_stream_mod_stamp_body(ngx_http_request_t *r,
+    ngx_http_stream_mod_ctx_t *ctx);
+ngx_int_t ngx_http_stream_mod_check_query_actor(ngx_http_request_t *r,
+    ngx_http_stream_mod_ctx_t *ctx);
+ngx_int_t ngx_http_stream_mod_add_target(ngx_http_request_t *r,
+    ngx_http_stream_mod_ctx_t *ctx, ngx_str_t *target);
+
+/* policy.c */
+char *ngx_http_stream_mod_policy(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_int_t ngx_http_stream_mod_policy_check(ngx_http_request_t *r,
+    ngx_http_stream_mod_policy_t *policy, ngx_http_stream_mod_ctx_t *ctx);
+
+/* limit.c */
+char *ngx_http_stream_mod_limit_zone(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+char *ngx_http_stream_mod_limit(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+ngx_int_t ngx_http_stream_mod_limit_check(ngx_http_request_t *r,
+    ngx_http_stream_mod_loc_conf_t *lcf, ngx_http_stream_mod_ctx_t *ctx);
+ngx_int_t ngx_http_stream_mod_limit_stats(ngx_http_request_t *r,
+    ngx_array_t *out);
+
+/* upstream.c */
+ngx_int_t ngx_http_stream_mod_rewrite(ngx_http_request_t *r,
+    ngx_http_stream_mod_loc_conf_t *lcf, ngx_http_stream_mod_ctx_t *ctx);
+
+/* status.c */
+ngx_int_t ngx_http_stream_mod_status_zone(ngx_conf_t *cf);
+void ngx_http_stream_mod_count(ngx_http_request_t *r,
+    ngx_http_stream_mod_ctx_t *ctx);
+void ngx_http_stream_mod_count_upstream(ngx_http_request_t *r,
+    ngx_http_stream_mod_ctx_t *ctx, ngx_uint_t status);
+char *ngx_http_stream_mod_status(ngx_conf_t *cf, ngx_command_t *cmd,
+    void *conf);
+
+/* error.c */
+ngx_int_t ngx_http_stream_mod_fail(ngx_http_request_t *r,
+    ngx_http_stream_mod_ctx_t *ctx, ngx_uint_t decision, ngx_int_t status,
+    ngx_int_t code, const char *fmt, ...);
+ngx_int_t ngx_http_stream_mod_filter_init(ngx_conf_t *cf);
+ngx_int_t ngx_http_stream_mod_cors(ngx_http_request_t *r,
+    ngx_http_stream_mod_loc_conf_t *lcf, ngx_http_stream_mod_ctx_t *ctx);
+
+
+#endif /* _NGX_HTTP_STREAM_MOD_H_INCLUDED_ */
