@@ -140,6 +140,17 @@ ngx_http_stream_mod_inspect_body(ngx_http_request_t *r,
         body = json_loadb((char *) ctx->raw, ctx->raw_len,
                           JSON_REJECT_DUPLICATES, &err);
 
+        if (body == NULL && json_error_code(&err) == json_error_duplicate_key) {
+            /* the upstream must see exactly what was checked */
+            return ngx_http_stream_mod_fail(r, ctx,
+                                            NGX_HTTP_STREAM_MOD_REJECT,
+                                            NGX_HTTP_BAD_REQUEST,
+                                            NGX_HTTP_STREAM_MOD_E_INPUT,
+                                            "duplicate key in JSON body at "
+                                            "line %d, column %d", err.line,
+                                            err.column);
+        }
+
         if (body == NULL) {
             return ngx_http_stream_mod_fail(r, ctx,
                                             NGX_HTTP_STREAM_MOD_REJECT,
