@@ -248,6 +248,12 @@ ngx_http_stream_mod_handler(ngx_http_request_t *r)
 
     ctx->phase_status = NGX_DONE;
 
+    /*
+     * Errors here are answered as Stream's APIError JSON: an inherited
+     * error_page must not turn them into an HTML page elsewhere.
+     */
+    r->error_page = 1;
+
     if (r != r->main || r->internal) {
         /* the gate sees what the client sent: no detours into it */
         return ngx_http_stream_mod_fail(r, ctx, NGX_HTTP_STREAM_MOD_REJECT,
