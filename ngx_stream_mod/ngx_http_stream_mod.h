@@ -238,6 +238,10 @@ typedef struct {
 extern ngx_module_t  ngx_http_stream_mod_module;
 
 
+/* module.c */
+ngx_http_stream_mod_ctx_t *ngx_http_stream_mod_create_ctx(
+    ngx_http_request_t *r);
+
 /* action.c */
 ngx_int_t ngx_http_stream_mod_route(ngx_http_request_t *r,
     ngx_http_stream_mod_ctx_t *ctx);

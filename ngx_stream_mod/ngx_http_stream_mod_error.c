@@ -79,13 +79,33 @@ ngx_http_stream_mod_fail(ngx_http_request_t *r,
 static ngx_int_t
 ngx_http_stream_mod_header_filter(ngx_http_request_t *r)
 {
-    ngx_str_t                   value;
-    ngx_http_stream_mod_ctx_t  *ctx;
+    ngx_str_t                        value;
+    ngx_http_stream_mod_ctx_t       *ctx;
+    ngx_http_stream_mod_loc_conf_t  *lcf;
+
+    if (r != r->main) {
+        return ngx_http_next_header_filter(r);
+    }
 
     ctx = ngx_http_get_module_ctx(r, ngx_http_stream_mod_module);
 
-    if (ctx == NULL || r != r->main) {
-        return ngx_http_next_header_filter(r);
+    if (ctx == NULL) {
+        lcf = ngx_http_get_module_loc_conf(r, ngx_http_stream_mod_module);
+
+        if (!lcf->enable || r->err_status == 0) {
+            return ngx_http_next_header_filter(r);
+        }
+
+        /*
+         * NGINX refused the request before the gate ran (an ACCESS-phase
+         * deny, client_max_body_size ...): still an APIError, and still
+         * no token in the access log.
+         */
+
+        ctx = ngx_http_stream_mod_create_ctx(r);
+        if (ctx == NULL) {
+            return NGX_ERROR;
+        }
     }
 
     if (ngx_http_stream_mod_cors_headers(r, ctx) != NGX_OK) {
@@ -130,6 +150,21 @@ ngx_http_stream_mod_header_filter(ngx_http_request_t *r)
         case NGX_HTTP_REQUEST_ENTITY_TOO_LARGE:
             ctx->err_code = NGX_HTTP_STREAM_MOD_E_TOO_BIG;
             ngx_str_set(&ctx->err_message, "request body is too large");
+            break;
+
+        case NGX_HTTP_UNAUTHORIZED:
+            ctx->err_code = NGX_HTTP_STREAM_MOD_E_AUTH;
+            ngx_str_set(&ctx->err_message, "unauthorized");
+            break;
+
+        case NGX_HTTP_FORBIDDEN:
+            ctx->err_code = NGX_HTTP_STREAM_MOD_E_NOT_ALLOWED;
+            ngx_str_set(&ctx->err_message, "forbidden");
+            break;
+
+        case NGX_HTTP_NOT_FOUND:
+            ctx->err_code = NGX_HTTP_STREAM_MOD_E_NOT_FOUND;
+            ngx_str_set(&ctx->err_message, "not found");
             break;
 
         case NGX_HTTP_REQUEST_TIME_OUT:

@@ -482,12 +482,15 @@ ngx_http_stream_mod_limit_check(ngx_http_request_t *r,
             continue;
         }
 
-        if (lcf->limit_dry_run && rc == NGX_BUSY) {
-            (void) ngx_atomic_fetch_add(&zctx->sh->dry_run_hits, 1);
+        if (lcf->limit_dry_run) {
+            (void) ngx_atomic_fetch_add(rc == NGX_BUSY
+                                        ? &zctx->sh->dry_run_hits
+                                        : &zctx->sh->full_refusals, 1);
 
             ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
-                          "stream_mod: limit exceeded in zone \"%V\" by "
-                          "user \"%V\" (dry run)",
+                          "stream_mod: %s in zone \"%V\" by user \"%V\" "
+                          "(dry run)",
+                          rc == NGX_BUSY ? "limit exceeded" : "zone full",
                           &limit[i].shm_zone->shm.name, &ctx->user);
 
             undo[i].node = NULL;

@@ -222,7 +222,6 @@ static ngx_int_t
 ngx_http_stream_mod_handler(ngx_http_request_t *r)
 {
     ngx_int_t                        rc;
-    ngx_http_cleanup_t              *cln;
     ngx_http_stream_mod_ctx_t       *ctx;
     ngx_http_stream_mod_loc_conf_t  *lcf;
 
@@ -239,22 +238,14 @@ ngx_http_stream_mod_handler(ngx_http_request_t *r)
         return ctx->phase_status;
     }
 
-    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_stream_mod_ctx_t));
-    if (ctx == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    ngx_http_set_ctx(r, ctx, ngx_http_stream_mod_module);
-
-    ctx->phase_status = NGX_DONE;
-
-    /*
-     * Errors here are answered as Stream's APIError JSON: an inherited
-     * error_page must not turn them into an HTML page elsewhere.
-     */
-    r->error_page = 1;
-
     if (r != r->main || r->internal) {
+        ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_stream_mod_ctx_t));
+        if (ctx == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        ngx_http_set_ctx(r, ctx, ngx_http_stream_mod_module);
+
         /* the gate sees what the client sent: no detours into it */
         return ngx_http_stream_mod_fail(r, ctx, NGX_HTTP_STREAM_MOD_REJECT,
                                         NGX_HTTP_FORBIDDEN,
@@ -264,15 +255,10 @@ ngx_http_stream_mod_handler(ngx_http_request_t *r)
                                         "refused");
     }
 
-    /* tokens never reach a log through $http_authorization */
-
-    cln = ngx_http_cleanup_add(r, 0);
-    if (cln == NULL) {
+    ctx = ngx_http_stream_mod_create_ctx(r);
+    if (ctx == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-
-    cln->handler = ngx_http_stream_mod_scrub;
-    cln->data = r;
 
     rc = ngx_http_stream_mod_cors(r, lcf, ctx);
     if (rc != NGX_DECLINED) {
@@ -383,6 +369,43 @@ ngx_http_stream_mod_body_handler(ngx_http_request_t *r)
 
     r->write_event_handler = ngx_http_core_run_phases;
     ngx_http_core_run_phases(r);
+}
+
+
+/* the gate's state for a main request of a stream_mod location */
+
+ngx_http_stream_mod_ctx_t *
+ngx_http_stream_mod_create_ctx(ngx_http_request_t *r)
+{
+    ngx_http_cleanup_t         *cln;
+    ngx_http_stream_mod_ctx_t  *ctx;
+
+    ctx = ngx_pcalloc(r->pool, sizeof(ngx_http_stream_mod_ctx_t));
+    if (ctx == NULL) {
+        return NULL;
+    }
+
+    /* tokens never reach a log through $http_authorization */
+
+    cln = ngx_http_cleanup_add(r, 0);
+    if (cln == NULL) {
+        return NULL;
+    }
+
+    cln->handler = ngx_http_stream_mod_scrub;
+    cln->data = r;
+
+    ctx->phase_status = NGX_DONE;
+
+    ngx_http_set_ctx(r, ctx, ngx_http_stream_mod_module);
+
+    /*
+     * Errors here are answered as Stream's APIError JSON: an inherited
+     * error_page must not turn them into an HTML page elsewhere.
+     */
+    r->error_page = 1;
+
+    return ctx;
 }
 
 
@@ -645,6 +668,8 @@ ngx_http_stream_mod_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_stream_mod_loc_conf_t *prev = parent;
     ngx_http_stream_mod_loc_conf_t *conf = child;
 
+    ngx_http_core_loc_conf_t  *clcf;
+
     ngx_conf_merge_value(conf->enable, prev->enable, 0);
     ngx_conf_merge_str_value(conf->api_key, prev->api_key, "");
 
@@ -678,6 +703,15 @@ ngx_http_stream_mod_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
 
     if (!conf->enable) {
         return NGX_CONF_OK;
+    }
+
+    clcf = ngx_http_conf_get_module_loc_conf(cf, ngx_http_core_module);
+
+    if (clcf->handler == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"stream_mod\" requires \"proxy_pass\" in the "
+                           "same location");
+        return NGX_CONF_ERROR;
     }
 
     if (conf->api_key.len == 0) {
