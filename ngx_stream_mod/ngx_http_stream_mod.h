@@ -271,6 +271,8 @@ ngx_int_t ngx_http_stream_mod_add_target(ngx_http_request_t *r,
 /* policy.c */
 char *ngx_http_stream_mod_policy(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
+ngx_http_stream_mod_policy_t *ngx_http_stream_mod_policy_load(ngx_conf_t *cf,
+    ngx_str_t *file, u_char *text, size_t len);
 ngx_int_t ngx_http_stream_mod_policy_check(ngx_http_request_t *r,
     ngx_http_stream_mod_policy_t *policy, ngx_http_stream_mod_ctx_t *ctx);
 

@@ -72,16 +72,12 @@ ngx_http_stream_mod_policy(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
 {
     ngx_http_stream_mod_loc_conf_t *lcf = conf;
 
-    u_char                               *text;
-    ssize_t                               n;
-    ngx_fd_t                              fd;
-    ngx_str_t                            *value, file;
-    json_t                               *root;
-    json_error_t                          err;
-    ngx_file_info_t                       fi;
-    ngx_pool_cleanup_t                   *cln;
-    ngx_http_stream_mod_policy_t         *policy;
-    ngx_http_stream_mod_policy_loader_t   ld;
+    u_char                        *text;
+    ssize_t                        n;
+    ngx_fd_t                       fd;
+    ngx_str_t                     *value, file;
+    ngx_file_info_t                fi;
+    ngx_http_stream_mod_policy_t  *policy;
 
     if (lcf->policy_set) {
         return "is duplicate";
@@ -126,37 +122,8 @@ ngx_http_stream_mod_policy(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
-    root = json_loadb((char *) text, n, JSON_REJECT_DUPLICATES, &err);
-
-    if (root == NULL) {
-        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
-                           "policy \"%s\", line %d, column %d: %s",
-                           file.data, err.line, err.column, err.text);
-        return NGX_CONF_ERROR;
-    }
-
-    cln = ngx_pool_cleanup_add(cf->pool, 0);
-    if (cln == NULL) {
-        json_decref(root);
-        return NGX_CONF_ERROR;
-    }
-
-    cln->handler = ngx_http_stream_mod_policy_cleanup;
-    cln->data = root;
-
-    policy = ngx_pcalloc(cf->pool, sizeof(ngx_http_stream_mod_policy_t));
+    policy = ngx_http_stream_mod_policy_load(cf, &file, text, n);
     if (policy == NULL) {
-        return NGX_CONF_ERROR;
-    }
-
-    policy->root = root;
-
-    ld.cf = cf;
-    ld.file = &file;
-    ld.text = text;
-    ld.len = n;
-
-    if (ngx_http_stream_mod_policy_compile(&ld, policy) != NGX_OK) {
         return NGX_CONF_ERROR;
     }
 
@@ -164,6 +131,56 @@ ngx_http_stream_mod_policy(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     lcf->policy_set = 1;
 
     return NGX_CONF_OK;
+}
+
+
+/* parse and check a policy text; NULL after logging the error */
+
+ngx_http_stream_mod_policy_t *
+ngx_http_stream_mod_policy_load(ngx_conf_t *cf, ngx_str_t *file,
+    u_char *text, size_t len)
+{
+    json_t                               *root;
+    json_error_t                          err;
+    ngx_pool_cleanup_t                   *cln;
+    ngx_http_stream_mod_policy_t         *policy;
+    ngx_http_stream_mod_policy_loader_t   ld;
+
+    root = json_loadb((char *) text, len, JSON_REJECT_DUPLICATES, &err);
+
+    if (root == NULL) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "policy \"%V\", line %d, column %d: %s",
+                           file, err.line, err.column, err.text);
+        return NULL;
+    }
+
+    cln = ngx_pool_cleanup_add(cf->pool, 0);
+    if (cln == NULL) {
+        json_decref(root);
+        return NULL;
+    }
+
+    cln->handler = ngx_http_stream_mod_policy_cleanup;
+    cln->data = root;
+
+    policy = ngx_pcalloc(cf->pool, sizeof(ngx_http_stream_mod_policy_t));
+    if (policy == NULL) {
+        return NULL;
+    }
+
+    policy->root = root;
+
+    ld.cf = cf;
+    ld.file = file;
+    ld.text = text;
+    ld.len = len;
+
+    if (ngx_http_stream_mod_policy_compile(&ld, policy) != NGX_OK) {
+        return NULL;
+    }
+
+    return policy;
 }
 
 
