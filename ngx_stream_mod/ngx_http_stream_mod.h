@@ -157,9 +157,18 @@ typedef struct {
 } ngx_http_stream_mod_zone_stats_t;
 
 
+/* a stream_mod_limit line, checked once the http block is parsed */
+typedef struct {
+    ngx_shm_zone_t                 *shm_zone;
+    ngx_str_t                       file;
+    ngx_uint_t                      line;
+} ngx_http_stream_mod_limit_ref_t;
+
+
 typedef struct {
     ngx_shm_zone_t                 *status_zone;
     ngx_array_t                    *zones;           /* ngx_shm_zone_t * */
+    ngx_array_t                    *refs;            /* limit_ref_t */
 } ngx_http_stream_mod_main_conf_t;
 
 
@@ -285,6 +294,7 @@ ngx_int_t ngx_http_stream_mod_limit_check(ngx_http_request_t *r,
     ngx_http_stream_mod_loc_conf_t *lcf, ngx_http_stream_mod_ctx_t *ctx);
 ngx_int_t ngx_http_stream_mod_limit_stats(ngx_http_request_t *r,
     ngx_array_t *out);
+char *ngx_http_stream_mod_limit_init_main(ngx_conf_t *cf, void *conf);
 
 /* upstream.c */
 ngx_int_t ngx_http_stream_mod_rewrite(ngx_http_request_t *r,

@@ -106,6 +106,23 @@ ngx_http_stream_mod_header_filter(ngx_http_request_t *r)
         if (ctx == NULL) {
             return NGX_ERROR;
         }
+
+        if (r->err_status < NGX_HTTP_BAD_REQUEST) {
+            /*
+             * "/moderation" without the slash: NGINX redirects to the
+             * location's prefix; for an API that is an unknown path.
+             */
+            r->err_status = NGX_HTTP_NOT_FOUND;
+            r->headers_out.status = NGX_HTTP_NOT_FOUND;
+            ngx_http_clear_location(r);
+
+            (void) ngx_http_stream_mod_fail(r, ctx,
+                                            NGX_HTTP_STREAM_MOD_REJECT,
+                                            NGX_HTTP_NOT_FOUND,
+                                            NGX_HTTP_STREAM_MOD_E_NOT_FOUND,
+                                            "no moderation endpoint at this "
+                                            "path");
+        }
     }
 
     if (ngx_http_stream_mod_cors_headers(r, ctx) != NGX_OK) {

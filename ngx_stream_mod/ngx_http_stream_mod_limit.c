@@ -252,8 +252,10 @@ ngx_http_stream_mod_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ngx_int_t                     burst;
     ngx_str_t                    *value, s;
     ngx_uint_t                    i, per_action;
-    ngx_shm_zone_t               *shm_zone;
-    ngx_http_stream_mod_limit_t  *limit, *limits;
+    ngx_shm_zone_t                   *shm_zone;
+    ngx_http_stream_mod_limit_t      *limit, *limits;
+    ngx_http_stream_mod_limit_ref_t  *ref;
+    ngx_http_stream_mod_main_conf_t  *smcf;
 
     value = cf->args->elts;
 
@@ -329,9 +331,61 @@ ngx_http_stream_mod_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         return NGX_CONF_ERROR;
     }
 
+    smcf = ngx_http_conf_get_module_main_conf(cf, ngx_http_stream_mod_module);
+
+    if (smcf->refs == NULL) {
+        smcf->refs = ngx_array_create(cf->pool, 4,
+                                      sizeof(ngx_http_stream_mod_limit_ref_t));
+        if (smcf->refs == NULL) {
+            return NGX_CONF_ERROR;
+        }
+    }
+
+    ref = ngx_array_push(smcf->refs);
+    if (ref == NULL) {
+        return NGX_CONF_ERROR;
+    }
+
+    ref->shm_zone = shm_zone;
+    ref->file = cf->conf_file->file.name;
+    ref->line = cf->conf_file->line;
+
     limit->shm_zone = shm_zone;
     limit->burst = burst * 1000;
     limit->per_action = per_action;
+
+    return NGX_CONF_OK;
+}
+
+
+/*
+ * Once the http block is parsed: every zone a stream_mod_limit names must
+ * be defined, reported at the line that uses it.
+ */
+
+char *
+ngx_http_stream_mod_limit_init_main(ngx_conf_t *cf, void *conf)
+{
+    ngx_http_stream_mod_main_conf_t *smcf = conf;
+
+    ngx_uint_t                        i;
+    ngx_http_stream_mod_limit_ref_t  *ref;
+
+    if (smcf->refs == NULL) {
+        return NGX_CONF_OK;
+    }
+
+    ref = smcf->refs->elts;
+
+    for (i = 0; i < smcf->refs->nelts; i++) {
+        if (ref[i].shm_zone->init == NULL) {
+            ngx_log_error(NGX_LOG_EMERG, cf->log, 0,
+                          "\"stream_mod_limit\" uses unknown zone \"%V\" "
+                          "in %V:%ui", &ref[i].shm_zone->shm.name,
+                          &ref[i].file, ref[i].line);
+            return NGX_CONF_ERROR;
+        }
+    }
 
     return NGX_CONF_OK;
 }

@@ -146,7 +146,7 @@ static ngx_http_module_t  ngx_http_stream_mod_module_ctx = {
     ngx_http_stream_mod_init,              /* postconfiguration */
 
     ngx_http_stream_mod_create_main_conf,  /* create main configuration */
-    NULL,                                  /* init main configuration */
+    ngx_http_stream_mod_limit_init_main,   /* init main configuration */
 
     NULL,                                  /* create server configuration */
     NULL,                                  /* merge server configuration */

@@ -316,6 +316,17 @@ sub run {
     return $self;
 }
 
+# the emulator re-reads the API secret file when it starts
+sub restart_emulator {
+    my ($self) = @_;
+    $self->_stop_emulator;
+    $self->_start_emulator;
+    return $self;
+}
+
+# the text of a file, '' when it does not exist
+sub slurp { shift; _slurp(@_) }
+
 sub _start_emulator {
     my ($self) = @_;
     my $d = $self->{dir};
