@@ -590,7 +590,8 @@ ngx_http_stream_mod_limit_check(ngx_http_request_t *r,
 
         /*
          * "excess" includes this request: it would pass once the bucket
-         * has leaked (excess - burst); it is empty after excess - 1000.
+         * has leaked excess - burst; the whole allowance (burst + 1 quick
+         * requests, as for a new moderator) is back once it leaked excess.
          */
         ms = (excess - burst) * 1000 / zctx->rate;
 
@@ -599,8 +600,7 @@ ngx_http_stream_mod_limit_check(ngx_http_request_t *r,
         ctx->retry_after = ngx_max(ctx->retry_after, 1);
         ctx->rl_limit = burst / 1000 + 1;
         ctx->rl_remaining = 0;
-        ctx->rl_reset = ngx_time()
-                        + ((excess - 1000) * 1000 / zctx->rate + 999) / 1000;
+        ctx->rl_reset = ngx_time() + (excess * 1000 / zctx->rate + 999) / 1000;
 
         return ngx_http_stream_mod_fail(r, ctx, NGX_HTTP_STREAM_MOD_LIMIT,
                                         NGX_HTTP_TOO_MANY_REQUESTS,
