@@ -316,6 +316,9 @@ ngx_int_t ngx_http_stream_mod_fail(ngx_http_request_t *r,
 ngx_int_t ngx_http_stream_mod_filter_init(ngx_conf_t *cf);
 ngx_int_t ngx_http_stream_mod_cors(ngx_http_request_t *r,
     ngx_http_stream_mod_loc_conf_t *lcf, ngx_http_stream_mod_ctx_t *ctx);
+ngx_table_elt_t *ngx_http_stream_mod_cors_origin(ngx_http_request_t *r,
+    ngx_http_stream_mod_loc_conf_t *lcf, ngx_http_stream_mod_ctx_t *ctx,
+    ngx_table_elt_t **acrm);
 
 
 #endif /* _NGX_HTTP_STREAM_MOD_H_INCLUDED_ */

@@ -80,6 +80,7 @@ static ngx_int_t
 ngx_http_stream_mod_header_filter(ngx_http_request_t *r)
 {
     ngx_str_t                        value;
+    ngx_table_elt_t                 *acrm;
     ngx_http_stream_mod_ctx_t       *ctx;
     ngx_http_stream_mod_loc_conf_t  *lcf;
 
@@ -106,6 +107,8 @@ ngx_http_stream_mod_header_filter(ngx_http_request_t *r)
         if (ctx == NULL) {
             return NGX_ERROR;
         }
+
+        (void) ngx_http_stream_mod_cors_origin(r, lcf, ctx, &acrm);
 
         if (r->err_status < NGX_HTTP_BAD_REQUEST) {
             /*
@@ -392,17 +395,57 @@ ngx_int_t
 ngx_http_stream_mod_cors(ngx_http_request_t *r,
     ngx_http_stream_mod_loc_conf_t *lcf, ngx_http_stream_mod_ctx_t *ctx)
 {
-    ngx_str_t         origin, *o;
-    ngx_uint_t        i, found;
-    ngx_list_part_t  *part;
-    ngx_table_elt_t  *h, *origin_h, *acrm;
+    ngx_table_elt_t  *origin, *acrm;
 
     if (lcf->cors_origins == NULL) {
         return NGX_DECLINED;
     }
 
-    origin_h = NULL;
-    acrm = NULL;
+    origin = ngx_http_stream_mod_cors_origin(r, lcf, ctx, &acrm);
+
+    if (origin == NULL || r->method != NGX_HTTP_OPTIONS || acrm == NULL) {
+        return NGX_DECLINED;
+    }
+
+    if (ctx->origin.len == 0) {
+        return ngx_http_stream_mod_fail(r, ctx, NGX_HTTP_STREAM_MOD_REJECT,
+                                        NGX_HTTP_FORBIDDEN,
+                                        NGX_HTTP_STREAM_MOD_E_NOT_ALLOWED,
+                                        "origin not allowed");
+    }
+
+    ctx->preflight = 1;
+
+    r->headers_out.status = NGX_HTTP_NO_CONTENT;
+    r->headers_out.content_length_n = 0;
+    r->header_only = 1;
+
+    return NGX_HTTP_NO_CONTENT;
+}
+
+
+/*
+ * Sets ctx->origin when the request's Origin is listed; returns the Origin
+ * header (and the preflight's Access-Control-Request-Method, if any).
+ */
+
+ngx_table_elt_t *
+ngx_http_stream_mod_cors_origin(ngx_http_request_t *r,
+    ngx_http_stream_mod_loc_conf_t *lcf, ngx_http_stream_mod_ctx_t *ctx,
+    ngx_table_elt_t **acrm)
+{
+    ngx_str_t        *o;
+    ngx_uint_t        i;
+    ngx_list_part_t  *part;
+    ngx_table_elt_t  *h, *origin;
+
+    origin = NULL;
+    *acrm = NULL;
+
+    if (lcf->cors_origins == NULL) {
+        return NULL;
+    }
+
     part = &r->headers_in.headers.part;
     h = part->elts;
 
@@ -421,53 +464,33 @@ ngx_http_stream_mod_cors(ngx_http_request_t *r,
         if (h[i].key.len == 6
             && ngx_strncasecmp(h[i].key.data, (u_char *) "Origin", 6) == 0)
         {
-            origin_h = &h[i];
+            origin = &h[i];
 
         } else if (h[i].key.len == 29
                    && ngx_strncasecmp(h[i].key.data,
                                       (u_char *) "Access-Control-Request-Method",
                                       29) == 0)
         {
-            acrm = &h[i];
+            *acrm = &h[i];
         }
     }
 
-    if (origin_h == NULL) {
-        return NGX_DECLINED;
+    if (origin == NULL) {
+        return NULL;
     }
 
-    origin = origin_h->value;
-    found = 0;
     o = lcf->cors_origins->elts;
 
     for (i = 0; i < lcf->cors_origins->nelts; i++) {
-        if (o[i].len == origin.len
-            && ngx_strncasecmp(o[i].data, origin.data, origin.len) == 0)
+        if (o[i].len == origin->value.len
+            && ngx_strncasecmp(o[i].data, origin->value.data, o[i].len) == 0)
         {
-            found = 1;
-            ctx->origin = origin;
+            ctx->origin = origin->value;
             break;
         }
     }
 
-    if (r->method != NGX_HTTP_OPTIONS || acrm == NULL) {
-        return NGX_DECLINED;
-    }
-
-    if (!found) {
-        return ngx_http_stream_mod_fail(r, ctx, NGX_HTTP_STREAM_MOD_REJECT,
-                                        NGX_HTTP_FORBIDDEN,
-                                        NGX_HTTP_STREAM_MOD_E_NOT_ALLOWED,
-                                        "origin not allowed");
-    }
-
-    ctx->preflight = 1;
-
-    r->headers_out.status = NGX_HTTP_NO_CONTENT;
-    r->headers_out.content_length_n = 0;
-    r->header_only = 1;
-
-    return NGX_HTTP_NO_CONTENT;
+    return origin;
 }
 
 
