@@ -74,17 +74,20 @@ static ngx_http_stream_mod_field_t  ngx_http_stream_mod_block_fields[] = {
 };
 
 static ngx_http_stream_mod_field_t  ngx_http_stream_mod_deactivate_fields[] = {
+    F("created_by", O, 0),
     F("created_by_id", S, ACTOR),
     F("mark_messages_deleted", B, 0)
 };
 
 static ngx_http_stream_mod_field_t  ngx_http_stream_mod_reactivate_fields[] = {
+    F("created_by", O, 0),
     F("created_by_id", S, ACTOR),
     F("name", S, 0),
     F("restore_messages", B, 0)
 };
 
 static ngx_http_stream_mod_field_t  ngx_http_stream_mod_deactivates_fields[] = {
+    F("created_by", O, 0),
     F("created_by_id", S, ACTOR),
     F("mark_channels_deleted", B, 0),
     F("mark_messages_deleted", B, 0),
@@ -92,6 +95,7 @@ static ngx_http_stream_mod_field_t  ngx_http_stream_mod_deactivates_fields[] = {
 };
 
 static ngx_http_stream_mod_field_t  ngx_http_stream_mod_reactivates_fields[] = {
+    F("created_by", O, 0),
     F("created_by_id", S, ACTOR),
     F("restore_channels", B, 0),
     F("restore_messages", B, 0),

@@ -24,6 +24,8 @@ static ngx_int_t ngx_http_stream_mod_check_string(ngx_http_request_t *r,
 static size_t ngx_http_stream_mod_fold(u_char *dst, u_char *src, size_t len);
 static int ngx_libc_cdecl ngx_http_stream_mod_cmp_str(const void *one,
     const void *two);
+static ngx_chain_t *ngx_http_stream_mod_body_buf(ngx_http_request_t *r,
+    u_char *pos, u_char *last);
 static void ngx_http_stream_mod_body_cleanup(void *data);
 
 
@@ -138,7 +140,7 @@ ngx_http_stream_mod_inspect_body(ngx_http_request_t *r,
     } else {
         /* jansson refuses invalid UTF-8, NUL escapes and trailing data */
         body = json_loadb((char *) ctx->raw, ctx->raw_len,
-                          JSON_REJECT_DUPLICATES, &err);
+                          JSON_REJECT_DUPLICATES|JSON_DECODE_ANY, &err);
 
         if (body == NULL && json_error_code(&err) == json_error_duplicate_key) {
             /* the upstream must see exactly what was checked */
@@ -631,8 +633,7 @@ ngx_http_stream_mod_stamp_body(ngx_http_request_t *r,
 {
     u_char                       *p, *brace, *last;
     size_t                        len;
-    ngx_buf_t                    *b;
-    ngx_chain_t                  *cl;
+    ngx_chain_t                  *head, *tail;
     ngx_http_stream_mod_field_t  *actor;
 
     if (!ctx->action->body) {
@@ -650,17 +651,22 @@ ngx_http_stream_mod_stamp_body(ngx_http_request_t *r,
         actor = NULL;
     }
 
-    b = ngx_calloc_buf(r->pool);
-    if (b == NULL) {
+    last = ctx->raw + ctx->raw_len;
+
+    /*
+     * The client's bytes are not copied again: the body goes out as the
+     * captured buffer, or as a small head (up to the brace, plus the actor)
+     * followed by the rest of the captured buffer.
+     */
+
+    tail = ngx_http_stream_mod_body_buf(r, ctx->raw, last);
+    if (tail == NULL) {
         return NGX_ERROR;
     }
 
-    if (actor == NULL) {
-        b->pos = ctx->raw;
-        b->last = ctx->raw + ctx->raw_len;
+    head = tail;
 
-    } else {
-        last = ctx->raw + ctx->raw_len;
+    if (actor) {
         brace = ngx_strlchr(ctx->raw, last, '{');
 
         if (brace == NULL) {
@@ -669,15 +675,18 @@ ngx_http_stream_mod_stamp_body(ngx_http_request_t *r,
         }
 
         /* user ids are [A-Za-z0-9@_-]: nothing to escape */
-        len = ctx->raw_len + sizeof("\"\":\"\",") - 1 + actor->name.len
-              + ctx->user.len;
+        len = brace + 1 - ctx->raw + sizeof("\"\":\"\",") - 1
+              + actor->name.len + ctx->user.len;
 
         p = ngx_pnalloc(r->pool, len);
         if (p == NULL) {
             return NGX_ERROR;
         }
 
-        b->pos = p;
+        head = ngx_http_stream_mod_body_buf(r, p, p);
+        if (head == NULL) {
+            return NGX_ERROR;
+        }
 
         p = ngx_cpymem(p, ctx->raw, brace + 1 - ctx->raw);
         p = ngx_sprintf(p, "\"%V\":\"%V\"", &actor->name, &ctx->user);
@@ -686,22 +695,13 @@ ngx_http_stream_mod_stamp_body(ngx_http_request_t *r,
             *p++ = ',';
         }
 
-        p = ngx_cpymem(p, brace + 1, last - brace - 1);
+        head->buf->last = p;
+        head->buf->last_buf = 0;
+        head->buf->last_in_chain = 0;
+        head->next = tail;
 
-        b->last = p;
+        tail->buf->pos = brace + 1;
     }
-
-    b->memory = 1;
-    b->last_buf = 1;
-    b->last_in_chain = 1;
-
-    cl = ngx_alloc_chain_link(r->pool);
-    if (cl == NULL) {
-        return NGX_ERROR;
-    }
-
-    cl->buf = b;
-    cl->next = NULL;
 
     if (r->request_body == NULL) {
         r->request_body = ngx_pcalloc(r->pool, sizeof(ngx_http_request_body_t));
@@ -711,10 +711,42 @@ ngx_http_stream_mod_stamp_body(ngx_http_request_t *r,
     }
 
     /* proxy_pass sends these bufs and takes its Content-Length from here */
-    r->request_body->bufs = cl;
-    r->headers_in.content_length_n = b->last - b->pos;
+    r->request_body->bufs = head;
+    r->headers_in.content_length_n = (head->buf->last - head->buf->pos)
+                                     + (head != tail
+                                        ? tail->buf->last - tail->buf->pos
+                                        : 0);
 
     return NGX_OK;
+}
+
+
+static ngx_chain_t *
+ngx_http_stream_mod_body_buf(ngx_http_request_t *r, u_char *pos, u_char *last)
+{
+    ngx_buf_t    *b;
+    ngx_chain_t  *cl;
+
+    b = ngx_calloc_buf(r->pool);
+    if (b == NULL) {
+        return NULL;
+    }
+
+    b->pos = pos;
+    b->last = last;
+    b->memory = 1;
+    b->last_buf = 1;
+    b->last_in_chain = 1;
+
+    cl = ngx_alloc_chain_link(r->pool);
+    if (cl == NULL) {
+        return NULL;
+    }
+
+    cl->buf = b;
+    cl->next = NULL;
+
+    return cl;
 }
 
 
