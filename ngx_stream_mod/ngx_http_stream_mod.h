@@ -144,6 +144,29 @@ typedef struct {
 } ngx_http_stream_mod_limit_t;
 
 
+struct redisAsyncContext;
+
+typedef void (*ngx_http_stream_mod_redis_done_pt)(void *data, ngx_int_t rc,
+    ngx_uint_t excess);
+
+#define NGX_HTTP_STREAM_MOD_ON_ERROR_DENY   0
+#define NGX_HTTP_STREAM_MOD_ON_ERROR_LOCAL  1
+
+/* a limit zone kept in Redis (redis=...) */
+typedef struct {
+    ngx_str_t                       addr;          /* as configured */
+    ngx_str_t                       host;          /* numeric, terminated */
+    in_port_t                       port;
+    ngx_str_t                       prefix;
+    ngx_str_t                       sha1;          /* of the script */
+    ngx_msec_t                      timeout;
+    ngx_uint_t                      on_error;
+    /* per worker process */
+    struct redisAsyncContext       *ac;
+    ngx_msec_t                      retry_at;
+} ngx_http_stream_mod_redis_t;
+
+
 typedef struct {
     ngx_str_t                       name;
     size_t                          size;
@@ -154,6 +177,9 @@ typedef struct {
     ngx_uint_t                      dry_run_hits;
     ngx_uint_t                      rate;
     ngx_uint_t                      per_minute;
+    ngx_str_t                       redis;
+    ngx_uint_t                      redis_errors;
+    ngx_uint_t                      redis_fallbacks;
 } ngx_http_stream_mod_zone_stats_t;
 
 
@@ -230,6 +256,9 @@ typedef struct {
     ngx_int_t                       rl_remaining;
     time_t                          rl_reset;
 
+    void                           *limit_state;
+    void                           *limit_wait;     /* waiting for Redis */
+
     ngx_str_t                       origin;         /* allowed CORS origin */
     ngx_buf_t                      *err_body;
 
@@ -250,6 +279,7 @@ extern ngx_module_t  ngx_http_stream_mod_module;
 /* module.c */
 ngx_http_stream_mod_ctx_t *ngx_http_stream_mod_create_ctx(
     ngx_http_request_t *r);
+void ngx_http_stream_mod_resume(ngx_http_request_t *r, ngx_int_t rc);
 
 /* action.c */
 ngx_int_t ngx_http_stream_mod_route(ngx_http_request_t *r,
@@ -295,6 +325,16 @@ ngx_int_t ngx_http_stream_mod_limit_check(ngx_http_request_t *r,
 ngx_int_t ngx_http_stream_mod_limit_stats(ngx_http_request_t *r,
     ngx_array_t *out);
 char *ngx_http_stream_mod_limit_init_main(ngx_conf_t *cf, void *conf);
+ngx_uint_t ngx_http_stream_mod_limit_remote(ngx_http_stream_mod_limit_t *limit);
+
+/* redis.c */
+ngx_int_t ngx_http_stream_mod_redis_parse(ngx_conf_t *cf,
+    ngx_http_stream_mod_redis_t *rd, ngx_str_t *addr);
+ngx_int_t ngx_http_stream_mod_redis_check(ngx_http_stream_mod_redis_t *rd,
+    ngx_str_t *zone, u_char *digest, ngx_uint_t rate, ngx_uint_t burst,
+    ngx_log_t *log, ngx_http_stream_mod_redis_done_pt handler, void *data);
+void ngx_http_stream_mod_redis_reset(ngx_http_stream_mod_redis_t *rd,
+    ngx_log_t *log);
 
 /* upstream.c */
 ngx_int_t ngx_http_stream_mod_rewrite(ngx_http_request_t *r,

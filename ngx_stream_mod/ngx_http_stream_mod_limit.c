@@ -35,7 +35,19 @@ typedef struct {
     ngx_atomic_t                    expired;
     ngx_atomic_t                    full_refusals;
     ngx_atomic_t                    dry_run_hits;
+    ngx_atomic_t                    redis_errors;
+    ngx_atomic_t                    redis_fallbacks;
 } ngx_http_stream_mod_limit_shctx_t;
+
+
+/* what one request accounted in one zone, to give back */
+typedef struct {
+    ngx_http_stream_mod_limit_node_t   *node;
+    ngx_uint_t                          excess;
+    ngx_msec_t                          last;
+    ngx_msec_t                          now;
+    u_char                              key[16];
+} ngx_http_stream_mod_limit_undo_t;
 
 
 typedef struct {
@@ -45,16 +57,27 @@ typedef struct {
     ngx_uint_t                          rate;
     ngx_uint_t                          scale;     /* 1 or 60 */
     ngx_uint_t                          per;       /* rate as written */
+    ngx_str_t                           name;
+    ngx_http_stream_mod_redis_t         redis;     /* addr.len: in Redis */
 } ngx_http_stream_mod_limit_ctx_t;
 
 
-/* what one request accounted in one zone, to give back */
+/* one request's accounting across the location's zones */
 typedef struct {
-    ngx_http_stream_mod_limit_node_t   *node;
-    ngx_uint_t                          excess;
-    ngx_msec_t                          last;
-    u_char                              key[16];
-} ngx_http_stream_mod_limit_undo_t;
+    ngx_uint_t                          remote;    /* index, or nelts */
+    ngx_http_stream_mod_limit_undo_t   *undo;
+} ngx_http_stream_mod_limit_state_t;
+
+
+/*
+ * A request waiting for Redis.  Allocated outside the request pool: the
+ * reply may come after the request is gone, and frees it.
+ */
+typedef struct {
+    ngx_http_request_t                 *request;
+    ngx_http_stream_mod_redis_t        *redis;
+    ngx_event_t                         timer;
+} ngx_http_stream_mod_limit_wait_t;
 
 
 static ngx_int_t ngx_http_stream_mod_limit_init_zone(ngx_shm_zone_t *shm_zone,
@@ -64,6 +87,20 @@ static void ngx_http_stream_mod_limit_insert_value(ngx_rbtree_node_t *temp,
 static ngx_int_t ngx_http_stream_mod_limit_lookup(
     ngx_http_stream_mod_limit_t *limit, u_char *key,
     ngx_http_stream_mod_limit_undo_t *undo, ngx_uint_t *ep);
+static ngx_int_t ngx_http_stream_mod_limit_local(ngx_http_request_t *r,
+    ngx_http_stream_mod_loc_conf_t *lcf, ngx_http_stream_mod_ctx_t *ctx,
+    ngx_uint_t i, ngx_uint_t *excess);
+static ngx_int_t ngx_http_stream_mod_limit_refuse(ngx_http_request_t *r,
+    ngx_http_stream_mod_loc_conf_t *lcf, ngx_http_stream_mod_ctx_t *ctx,
+    ngx_uint_t i, ngx_uint_t excess);
+static ngx_int_t ngx_http_stream_mod_limit_unavailable(ngx_http_request_t *r,
+    ngx_http_stream_mod_loc_conf_t *lcf, ngx_http_stream_mod_ctx_t *ctx);
+static void ngx_http_stream_mod_limit_give_back(
+    ngx_http_stream_mod_loc_conf_t *lcf, ngx_http_stream_mod_ctx_t *ctx);
+static void ngx_http_stream_mod_limit_reply(void *data, ngx_int_t rc,
+    ngx_uint_t excess);
+static void ngx_http_stream_mod_limit_timeout(ngx_event_t *ev);
+static void ngx_http_stream_mod_limit_cancel(void *data);
 static ngx_http_stream_mod_limit_node_t *ngx_http_stream_mod_limit_find(
     ngx_http_stream_mod_limit_ctx_t *ctx, u_char *key);
 static ngx_uint_t ngx_http_stream_mod_limit_expire(
@@ -78,8 +115,10 @@ ngx_http_stream_mod_limit_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     u_char                           *p;
     size_t                            len;
     ssize_t                           size;
-    ngx_str_t                        *value, name, s;
+    ngx_str_t                        *value, name, s, redis, prefix;
     ngx_int_t                         rate, scale;
+    ngx_msec_t                        timeout;
+    ngx_uint_t                        on_error, options;
     ngx_uint_t                        i;
     ngx_list_part_t                  *part;
     ngx_shm_zone_t                   *shm_zone, *oshm, **zp;
@@ -91,6 +130,11 @@ ngx_http_stream_mod_limit_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     rate = 0;
     scale = 1;
     name.len = 0;
+    ngx_str_null(&redis);
+    ngx_str_set(&prefix, "stream_mod:");
+    timeout = 200;
+    on_error = NGX_HTTP_STREAM_MOD_ON_ERROR_DENY;
+    options = 0;
 
     for (i = 1; i < cf->args->nelts; i++) {
 
@@ -156,6 +200,46 @@ ngx_http_stream_mod_limit_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
             continue;
         }
 
+        if (ngx_strncmp(value[i].data, "redis=", 6) == 0) {
+            redis.len = value[i].len - 6;
+            redis.data = value[i].data + 6;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "prefix=", 7) == 0) {
+            prefix.len = value[i].len - 7;
+            prefix.data = value[i].data + 7;
+            options = 1;
+            continue;
+        }
+
+        if (ngx_strncmp(value[i].data, "timeout=", 8) == 0) {
+            s.len = value[i].len - 8;
+            s.data = value[i].data + 8;
+
+            timeout = ngx_parse_time(&s, 0);
+            if (timeout == (ngx_msec_t) NGX_ERROR || timeout == 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "invalid timeout \"%V\"", &value[i]);
+                return NGX_CONF_ERROR;
+            }
+
+            options = 1;
+            continue;
+        }
+
+        if (ngx_strcmp(value[i].data, "on_error=deny") == 0) {
+            on_error = NGX_HTTP_STREAM_MOD_ON_ERROR_DENY;
+            options = 1;
+            continue;
+        }
+
+        if (ngx_strcmp(value[i].data, "on_error=local") == 0) {
+            on_error = NGX_HTTP_STREAM_MOD_ON_ERROR_LOCAL;
+            options = 1;
+            continue;
+        }
+
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                            "invalid parameter \"%V\"", &value[i]);
         return NGX_CONF_ERROR;
@@ -210,6 +294,25 @@ ngx_http_stream_mod_limit_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
     ctx->rate = rate * 1000 / scale;
     ctx->scale = scale;
     ctx->per = rate;
+    ctx->name = name;
+
+    if (redis.len) {
+        if (ngx_http_stream_mod_redis_parse(cf, &ctx->redis, &redis)
+            != NGX_OK)
+        {
+            return NGX_CONF_ERROR;
+        }
+
+        ctx->redis.prefix = prefix;
+        ctx->redis.timeout = timeout;
+        ctx->redis.on_error = on_error;
+
+    } else if (options) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                           "\"prefix\", \"timeout\" and \"on_error\" "
+                           "need \"redis\"");
+        return NGX_CONF_ERROR;
+    }
 
     shm_zone = ngx_shared_memory_add(cf, &name, size,
                                      &ngx_http_stream_mod_module);
@@ -489,28 +592,33 @@ ngx_int_t
 ngx_http_stream_mod_limit_check(ngx_http_request_t *r,
     ngx_http_stream_mod_loc_conf_t *lcf, ngx_http_stream_mod_ctx_t *ctx)
 {
-    ngx_int_t                          rc;
-    ngx_uint_t                         i, j, excess, burst;
-    ngx_md5_t                          md5;
-    ngx_msec_t                         ms;
-    ngx_http_stream_mod_limit_t       *limit;
-    ngx_http_stream_mod_limit_ctx_t   *zctx;
-    ngx_http_stream_mod_limit_node_t  *lr;
-    ngx_http_stream_mod_limit_undo_t  *undo;
+    ngx_int_t                           rc;
+    ngx_uint_t                          i, n, excess;
+    ngx_md5_t                           md5;
+    ngx_http_cleanup_t                 *cln;
+    ngx_http_stream_mod_limit_t        *limit;
+    ngx_http_stream_mod_limit_ctx_t    *zctx;
+    ngx_http_stream_mod_limit_wait_t   *w;
+    ngx_http_stream_mod_limit_state_t  *st;
 
     if (lcf->limits == NULL) {
         return NGX_OK;
     }
 
     limit = lcf->limits->elts;
+    n = lcf->limits->nelts;
 
-    undo = ngx_palloc(r->pool, lcf->limits->nelts
-                               * sizeof(ngx_http_stream_mod_limit_undo_t));
-    if (undo == NULL) {
+    st = ngx_pcalloc(r->pool, sizeof(ngx_http_stream_mod_limit_state_t)
+                              + n * sizeof(ngx_http_stream_mod_limit_undo_t));
+    if (st == NULL) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    for (i = 0; i < lcf->limits->nelts; i++) {
+    st->undo = (ngx_http_stream_mod_limit_undo_t *) (st + 1);
+    st->remote = n;
+    ctx->limit_state = st;
+
+    for (i = 0; i < n; i++) {
 
         ngx_md5_init(&md5);
         ngx_md5_update(&md5, ctx->user.data, ctx->user.len);
@@ -521,95 +629,365 @@ ngx_http_stream_mod_limit_check(ngx_http_request_t *r,
                            ctx->action->name.len);
         }
 
-        ngx_md5_final(undo[i].key, &md5);
+        ngx_md5_final(st->undo[i].key, &md5);
 
         zctx = limit[i].shm_zone->data;
+
+        if (zctx->redis.addr.len) {
+            /* at most one per location (checked at configuration) */
+            st->remote = i;
+            continue;
+        }
+
+        rc = ngx_http_stream_mod_limit_local(r, lcf, ctx, i, &excess);
+
+        if (rc != NGX_OK) {
+            return rc;
+        }
+    }
+
+    if (st->remote == n) {
+        return NGX_OK;
+    }
+
+    i = st->remote;
+    zctx = limit[i].shm_zone->data;
+
+    w = ngx_alloc(sizeof(ngx_http_stream_mod_limit_wait_t), r->connection->log);
+    if (w == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    ngx_memzero(w, sizeof(ngx_http_stream_mod_limit_wait_t));
+
+    if (ngx_http_stream_mod_redis_check(&zctx->redis, &zctx->name,
+                                        st->undo[i].key, zctx->rate,
+                                        limit[i].burst, r->connection->log,
+                                        ngx_http_stream_mod_limit_reply, w)
+        != NGX_OK)
+    {
+        ngx_free(w);
+        return ngx_http_stream_mod_limit_unavailable(r, lcf, ctx);
+    }
+
+    /* the request waits; the reply or the timer resumes it */
+
+    w->request = r;
+    w->redis = &zctx->redis;
+    w->timer.handler = ngx_http_stream_mod_limit_timeout;
+    w->timer.data = w;
+    w->timer.log = r->connection->log;
+
+    ngx_add_timer(&w->timer, zctx->redis.timeout);
+
+    cln = ngx_http_cleanup_add(r, 0);
+    if (cln == NULL) {
+        /* the reply frees w; the request must not be resumed twice */
+        w->request = NULL;
+        ngx_del_timer(&w->timer);
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    cln->handler = ngx_http_stream_mod_limit_cancel;
+    cln->data = r;
+
+    ctx->limit_wait = w;
+
+    return NGX_AGAIN;
+}
+
+
+/* a local zone: account, or refuse and give back what earlier zones took */
+
+static ngx_int_t
+ngx_http_stream_mod_limit_local(ngx_http_request_t *r,
+    ngx_http_stream_mod_loc_conf_t *lcf, ngx_http_stream_mod_ctx_t *ctx,
+    ngx_uint_t i, ngx_uint_t *excess)
+{
+    ngx_int_t                           rc;
+    ngx_http_stream_mod_limit_t        *limit;
+    ngx_http_stream_mod_limit_ctx_t    *zctx;
+    ngx_http_stream_mod_limit_state_t  *st;
+
+    limit = lcf->limits->elts;
+    zctx = limit[i].shm_zone->data;
+    st = ctx->limit_state;
+
+    ngx_shmtx_lock(&zctx->shpool->mutex);
+
+    rc = ngx_http_stream_mod_limit_lookup(&limit[i], st->undo[i].key,
+                                          &st->undo[i], excess);
+
+    ngx_shmtx_unlock(&zctx->shpool->mutex);
+
+    if (rc == NGX_OK) {
+        return NGX_OK;
+    }
+
+    if (lcf->limit_dry_run) {
+        (void) ngx_atomic_fetch_add(rc == NGX_BUSY
+                                    ? &zctx->sh->dry_run_hits
+                                    : &zctx->sh->full_refusals, 1);
+
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "stream_mod: %s in zone \"%V\" by user \"%V\" "
+                      "(dry run)",
+                      rc == NGX_BUSY ? "limit exceeded" : "zone full",
+                      &limit[i].shm_zone->shm.name, &ctx->user);
+
+        st->undo[i].node = NULL;
+        return NGX_OK;
+    }
+
+    if (rc == NGX_DECLINED) {
+        /* the zone is full of active buckets */
+        (void) ngx_atomic_fetch_add(&zctx->sh->full_refusals, 1);
+
+        ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                      "stream_mod: zone \"%V\" is full of active "
+                      "buckets, request refused; make the zone larger",
+                      &limit[i].shm_zone->shm.name);
+
+        *excess = limit[i].burst + 1000;
+    }
+
+    return ngx_http_stream_mod_limit_refuse(r, lcf, ctx, i, *excess);
+}
+
+
+static ngx_int_t
+ngx_http_stream_mod_limit_refuse(ngx_http_request_t *r,
+    ngx_http_stream_mod_loc_conf_t *lcf, ngx_http_stream_mod_ctx_t *ctx,
+    ngx_uint_t i, ngx_uint_t excess)
+{
+    ngx_uint_t                          burst;
+    ngx_msec_t                          ms;
+    ngx_http_stream_mod_limit_t        *limit;
+    ngx_http_stream_mod_limit_ctx_t    *zctx;
+
+    limit = lcf->limits->elts;
+
+    /* give back what the other local zones accounted for this request */
+    ngx_http_stream_mod_limit_give_back(lcf, ctx);
+
+    zctx = limit[i].shm_zone->data;
+    burst = limit[i].burst;
+
+    /*
+     * "excess" includes this request: it would pass once the bucket
+     * has leaked excess - burst; the whole allowance (burst + 1 quick
+     * requests, as for a new moderator) is back once it leaked excess.
+     */
+    ms = (excess - burst) * 1000 / zctx->rate;
+
+    ctx->rl_headers = 1;
+    ctx->retry_after = (ms + 999) / 1000;
+    ctx->retry_after = ngx_max(ctx->retry_after, 1);
+    ctx->rl_limit = burst / 1000 + 1;
+    ctx->rl_remaining = 0;
+    ctx->rl_reset = ngx_time() + (excess * 1000 / zctx->rate + 999) / 1000;
+
+    return ngx_http_stream_mod_fail(r, ctx, NGX_HTTP_STREAM_MOD_LIMIT,
+                                    NGX_HTTP_TOO_MANY_REQUESTS,
+                                    NGX_HTTP_STREAM_MOD_E_RATE_LIMIT,
+                                    "rate limit exceeded (zone %V)",
+                                    &limit[i].shm_zone->shm.name);
+}
+
+
+/* Redis did not answer: on_error=deny refuses, on_error=local falls back */
+
+static ngx_int_t
+ngx_http_stream_mod_limit_unavailable(ngx_http_request_t *r,
+    ngx_http_stream_mod_loc_conf_t *lcf, ngx_http_stream_mod_ctx_t *ctx)
+{
+    ngx_uint_t                          i, excess;
+    ngx_http_stream_mod_limit_t        *limit;
+    ngx_http_stream_mod_limit_ctx_t    *zctx;
+    ngx_http_stream_mod_limit_state_t  *st;
+
+    limit = lcf->limits->elts;
+    st = ctx->limit_state;
+    i = st->remote;
+    zctx = limit[i].shm_zone->data;
+
+    (void) ngx_atomic_fetch_add(&zctx->sh->redis_errors, 1);
+
+    if (zctx->redis.on_error == NGX_HTTP_STREAM_MOD_ON_ERROR_LOCAL) {
+        (void) ngx_atomic_fetch_add(&zctx->sh->redis_fallbacks, 1);
+
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "stream_mod: redis %V unavailable, zone \"%V\" "
+                      "falls back to its local buckets",
+                      &zctx->redis.addr, &zctx->name);
+
+        return ngx_http_stream_mod_limit_local(r, lcf, ctx, i, &excess);
+    }
+
+    ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
+                  "stream_mod: redis %V unavailable, zone \"%V\" refuses",
+                  &zctx->redis.addr, &zctx->name);
+
+    ngx_http_stream_mod_limit_give_back(lcf, ctx);
+
+    return ngx_http_stream_mod_fail(r, ctx, NGX_HTTP_STREAM_MOD_LIMIT,
+                                    NGX_HTTP_SERVICE_UNAVAILABLE,
+                                    NGX_HTTP_STREAM_MOD_E_INTERNAL,
+                                    "rate limit store unavailable "
+                                    "(zone %V)", &zctx->name);
+}
+
+
+/* give back what the local zones accounted for a refused request */
+
+static void
+ngx_http_stream_mod_limit_give_back(ngx_http_stream_mod_loc_conf_t *lcf,
+    ngx_http_stream_mod_ctx_t *ctx)
+{
+    ngx_uint_t                          j;
+    ngx_http_stream_mod_limit_t        *limit;
+    ngx_http_stream_mod_limit_ctx_t    *zctx;
+    ngx_http_stream_mod_limit_node_t   *lr;
+    ngx_http_stream_mod_limit_state_t  *st;
+
+    limit = lcf->limits->elts;
+    st = ctx->limit_state;
+
+    for (j = 0; j < lcf->limits->nelts; j++) {
+        if (st->undo[j].node == NULL) {
+            continue;
+        }
+
+        zctx = limit[j].shm_zone->data;
 
         ngx_shmtx_lock(&zctx->shpool->mutex);
 
-        rc = ngx_http_stream_mod_limit_lookup(&limit[i], undo[i].key,
-                                              &undo[i], &excess);
+        lr = ngx_http_stream_mod_limit_find(zctx, st->undo[j].key);
+
+        if (lr && lr->last == st->undo[j].now) {
+            lr->excess = st->undo[j].excess;
+            lr->last = st->undo[j].last;
+        }
 
         ngx_shmtx_unlock(&zctx->shpool->mutex);
 
-        if (rc == NGX_OK) {
-            continue;
-        }
+        st->undo[j].node = NULL;
+    }
+}
 
-        if (lcf->limit_dry_run) {
-            (void) ngx_atomic_fetch_add(rc == NGX_BUSY
-                                        ? &zctx->sh->dry_run_hits
-                                        : &zctx->sh->full_refusals, 1);
 
-            ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
-                          "stream_mod: %s in zone \"%V\" by user \"%V\" "
-                          "(dry run)",
-                          rc == NGX_BUSY ? "limit exceeded" : "zone full",
-                          &limit[i].shm_zone->shm.name, &ctx->user);
+static void
+ngx_http_stream_mod_limit_reply(void *data, ngx_int_t rc, ngx_uint_t excess)
+{
+    ngx_http_stream_mod_limit_wait_t *w = data;
 
-            undo[i].node = NULL;
-            continue;
-        }
+    ngx_http_request_t              *r;
+    ngx_http_stream_mod_ctx_t       *ctx;
+    ngx_http_stream_mod_loc_conf_t  *lcf;
 
-        /* give back what earlier zones accounted for this request */
+    r = w->request;
 
-        for (j = 0; j < i; j++) {
-            if (undo[j].node == NULL) {
-                continue;
-            }
-
-            zctx = limit[j].shm_zone->data;
-
-            ngx_shmtx_lock(&zctx->shpool->mutex);
-
-            lr = ngx_http_stream_mod_limit_find(zctx, undo[j].key);
-
-            if (lr && lr->last == ngx_current_msec) {
-                lr->excess = undo[j].excess;
-                lr->last = undo[j].last;
-            }
-
-            ngx_shmtx_unlock(&zctx->shpool->mutex);
-        }
-
-        zctx = limit[i].shm_zone->data;
-
-        if (rc == NGX_DECLINED) {
-            /* the zone is full of active buckets */
-            (void) ngx_atomic_fetch_add(&zctx->sh->full_refusals, 1);
-
-            ngx_log_error(NGX_LOG_ERR, r->connection->log, 0,
-                          "stream_mod: zone \"%V\" is full of active "
-                          "buckets, request refused; make the zone larger",
-                          &limit[i].shm_zone->shm.name);
-
-            excess = limit[i].burst + 1000;
-        }
-
-        burst = limit[i].burst;
-
-        /*
-         * "excess" includes this request: it would pass once the bucket
-         * has leaked excess - burst; the whole allowance (burst + 1 quick
-         * requests, as for a new moderator) is back once it leaked excess.
-         */
-        ms = (excess - burst) * 1000 / zctx->rate;
-
-        ctx->rl_headers = 1;
-        ctx->retry_after = (ms + 999) / 1000;
-        ctx->retry_after = ngx_max(ctx->retry_after, 1);
-        ctx->rl_limit = burst / 1000 + 1;
-        ctx->rl_remaining = 0;
-        ctx->rl_reset = ngx_time() + (excess * 1000 / zctx->rate + 999) / 1000;
-
-        return ngx_http_stream_mod_fail(r, ctx, NGX_HTTP_STREAM_MOD_LIMIT,
-                                        NGX_HTTP_TOO_MANY_REQUESTS,
-                                        NGX_HTTP_STREAM_MOD_E_RATE_LIMIT,
-                                        "rate limit exceeded (zone %V)",
-                                        &limit[i].shm_zone->shm.name);
+    if (w->timer.timer_set) {
+        ngx_del_timer(&w->timer);
     }
 
-    return NGX_OK;
+    ngx_free(w);
+
+    if (r == NULL) {
+        /* timed out, or the request is gone */
+        return;
+    }
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_stream_mod_module);
+    lcf = ngx_http_get_module_loc_conf(r, ngx_http_stream_mod_module);
+
+    ctx->limit_wait = NULL;
+
+    if (rc == NGX_BUSY && lcf->limit_dry_run) {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "stream_mod: limit exceeded in a redis zone by user "
+                      "\"%V\" (dry run)", &ctx->user);
+        rc = NGX_OK;
+    }
+
+    if (rc == NGX_BUSY) {
+        rc = ngx_http_stream_mod_limit_refuse(r, lcf, ctx,
+                                              ((ngx_http_stream_mod_limit_state_t *)
+                                               ctx->limit_state)->remote,
+                                              excess);
+
+    } else if (rc == NGX_ERROR) {
+        rc = ngx_http_stream_mod_limit_unavailable(r, lcf, ctx);
+    }
+
+    ngx_http_stream_mod_resume(r, rc);
+}
+
+
+static void
+ngx_http_stream_mod_limit_timeout(ngx_event_t *ev)
+{
+    ngx_http_stream_mod_limit_wait_t *w = ev->data;
+
+    ngx_int_t                        rc;
+    ngx_http_request_t              *r;
+    ngx_http_stream_mod_ctx_t       *ctx;
+    ngx_http_stream_mod_loc_conf_t  *lcf;
+
+    r = w->request;
+
+    /* the reply, now or when the connection is dropped, frees w */
+    w->request = NULL;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_stream_mod_module);
+    lcf = ngx_http_get_module_loc_conf(r, ngx_http_stream_mod_module);
+
+    ctx->limit_wait = NULL;
+
+    rc = ngx_http_stream_mod_limit_unavailable(r, lcf, ctx);
+
+    /* a Redis that does not answer in time is dropped and reconnected */
+    ngx_http_stream_mod_redis_reset(w->redis, ev->log);
+
+    ngx_http_stream_mod_resume(r, rc);
+}
+
+
+/* the request ends while it waits: the reply must not touch it */
+
+static void
+ngx_http_stream_mod_limit_cancel(void *data)
+{
+    ngx_http_request_t *r = data;
+
+    ngx_http_stream_mod_ctx_t         *ctx;
+    ngx_http_stream_mod_limit_wait_t  *w;
+
+    ctx = ngx_http_get_module_ctx(r, ngx_http_stream_mod_module);
+
+    if (ctx == NULL || ctx->limit_wait == NULL) {
+        return;
+    }
+
+    w = ctx->limit_wait;
+    ctx->limit_wait = NULL;
+
+    w->request = NULL;
+
+    if (w->timer.timer_set) {
+        ngx_del_timer(&w->timer);
+    }
+}
+
+
+ngx_uint_t
+ngx_http_stream_mod_limit_remote(ngx_http_stream_mod_limit_t *limit)
+{
+    ngx_http_stream_mod_limit_ctx_t  *zctx;
+
+    zctx = limit->shm_zone->data;
+
+    return zctx && zctx->redis.addr.len;
 }
 
 
@@ -704,6 +1082,7 @@ ngx_http_stream_mod_limit_lookup(ngx_http_stream_mod_limit_t *limit,
         undo->node = lr;
         undo->excess = lr->excess;
         undo->last = lr->last;
+        undo->now = now;
 
         lr->excess = excess;
         lr->last = now;
@@ -746,6 +1125,7 @@ ngx_http_stream_mod_limit_lookup(ngx_http_stream_mod_limit_t *limit,
     undo->node = lr;
     undo->excess = 0;
     undo->last = now;
+    undo->now = now;
 
     return NGX_OK;
 }
@@ -856,6 +1236,9 @@ ngx_http_stream_mod_limit_stats(ngx_http_request_t *r, ngx_array_t *out)
         st->dry_run_hits = ctx->sh->dry_run_hits;
         st->rate = ctx->per;
         st->per_minute = (ctx->scale == 60);
+        st->redis = ctx->redis.addr;
+        st->redis_errors = ctx->sh->redis_errors;
+        st->redis_fallbacks = ctx->sh->redis_fallbacks;
     }
 
     return NGX_OK;

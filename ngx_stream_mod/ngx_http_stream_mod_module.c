@@ -17,6 +17,8 @@ static ngx_int_t ngx_http_stream_mod_handler(ngx_http_request_t *r);
 static void ngx_http_stream_mod_body_handler(ngx_http_request_t *r);
 static ngx_int_t ngx_http_stream_mod_finish(ngx_http_request_t *r,
     ngx_http_stream_mod_loc_conf_t *lcf, ngx_http_stream_mod_ctx_t *ctx);
+static ngx_int_t ngx_http_stream_mod_forward(ngx_http_request_t *r,
+    ngx_http_stream_mod_loc_conf_t *lcf, ngx_http_stream_mod_ctx_t *ctx);
 static ngx_int_t ngx_http_stream_mod_json_content(ngx_http_request_t *r);
 static void ngx_http_stream_mod_scrub(void *data);
 static ngx_int_t ngx_http_stream_mod_log_handler(ngx_http_request_t *r);
@@ -103,7 +105,7 @@ static ngx_command_t  ngx_http_stream_mod_commands[] = {
       NULL },
 
     { ngx_string("stream_mod_limit_zone"),
-      NGX_HTTP_MAIN_CONF|NGX_CONF_TAKE2,
+      NGX_HTTP_MAIN_CONF|NGX_CONF_2MORE,
       ngx_http_stream_mod_limit_zone,
       NGX_HTTP_MAIN_CONF_OFFSET,
       0,
@@ -409,7 +411,10 @@ ngx_http_stream_mod_create_ctx(ngx_http_request_t *r)
 }
 
 
-/* policy, limits, stamping and rewrite; NGX_DECLINED hands over to proxy */
+/*
+ * Policy and limits, then stamping and rewrite.  NGX_DECLINED hands over
+ * to proxy_pass; NGX_DONE: a Redis limit answers later (resume below).
+ */
 
 static ngx_int_t
 ngx_http_stream_mod_finish(ngx_http_request_t *r,
@@ -423,10 +428,49 @@ ngx_http_stream_mod_finish(ngx_http_request_t *r,
     }
 
     rc = ngx_http_stream_mod_limit_check(r, lcf, ctx);
+
+    if (rc == NGX_AGAIN) {
+        return NGX_DONE;
+    }
+
     if (rc != NGX_OK) {
         return rc;
     }
 
+    return ngx_http_stream_mod_forward(r, lcf, ctx);
+}
+
+
+/* a Redis limit answered: continue the gate where it stopped */
+
+void
+ngx_http_stream_mod_resume(ngx_http_request_t *r, ngx_int_t rc)
+{
+    ngx_connection_t                *c;
+    ngx_http_stream_mod_ctx_t       *ctx;
+    ngx_http_stream_mod_loc_conf_t  *lcf;
+
+    c = r->connection;
+    ctx = ngx_http_get_module_ctx(r, ngx_http_stream_mod_module);
+    lcf = ngx_http_get_module_loc_conf(r, ngx_http_stream_mod_module);
+
+    if (rc == NGX_OK) {
+        rc = ngx_http_stream_mod_forward(r, lcf, ctx);
+    }
+
+    ctx->phase_status = rc;
+
+    r->write_event_handler = ngx_http_core_run_phases;
+    ngx_http_core_run_phases(r);
+
+    ngx_http_run_posted_requests(c);
+}
+
+
+static ngx_int_t
+ngx_http_stream_mod_forward(ngx_http_request_t *r,
+    ngx_http_stream_mod_loc_conf_t *lcf, ngx_http_stream_mod_ctx_t *ctx)
+{
     if (ngx_http_stream_mod_stamp_body(r, ctx) != NGX_OK
         || ngx_http_stream_mod_rewrite(r, lcf, ctx) != NGX_OK)
     {
@@ -668,7 +712,9 @@ ngx_http_stream_mod_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
     ngx_http_stream_mod_loc_conf_t *prev = parent;
     ngx_http_stream_mod_loc_conf_t *conf = child;
 
-    ngx_http_core_loc_conf_t  *clcf;
+    ngx_uint_t                    i, n;
+    ngx_http_core_loc_conf_t     *clcf;
+    ngx_http_stream_mod_limit_t  *limits;
 
     ngx_conf_merge_value(conf->enable, prev->enable, 0);
     ngx_conf_merge_str_value(conf->api_key, prev->api_key, "");
@@ -725,6 +771,22 @@ ngx_http_stream_mod_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
                            "\"stream_mod\" requires "
                            "\"stream_mod_api_secret_file\"");
         return NGX_CONF_ERROR;
+    }
+
+    if (conf->limits) {
+        limits = conf->limits->elts;
+        n = 0;
+
+        for (i = 0; i < conf->limits->nelts; i++) {
+            n += ngx_http_stream_mod_limit_remote(&limits[i]);
+        }
+
+        if (n > 1) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "a location may use one Redis limit zone "
+                               "at most");
+            return NGX_CONF_ERROR;
+        }
     }
 
     if (conf->policy == NULL) {

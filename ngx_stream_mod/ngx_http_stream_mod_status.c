@@ -334,6 +334,22 @@ ngx_http_stream_mod_status_handler(ngx_http_request_t *r)
                                   "Limit hits let through in dry-run mode.",
                                   dry_run_hits, "%ui")
 
+        for (j = 0, i = 0; i < zones.nelts; i++) {
+            j += (z[i].redis.len != 0);
+        }
+
+        if (j) {
+        NGX_HTTP_STREAM_MOD_GAUGE("stream_mod_zone_redis_errors_total",
+                                  "counter",
+                                  "Checks Redis did not answer (zones kept "
+                                  "in Redis).", redis_errors, "%ui")
+        NGX_HTTP_STREAM_MOD_GAUGE("stream_mod_zone_redis_fallbacks_total",
+                                  "counter",
+                                  "Checks answered by the local zone while "
+                                  "Redis was unavailable.",
+                                  redis_fallbacks, "%ui")
+        }
+
 #undef NGX_HTTP_STREAM_MOD_GAUGE
 
         ngx_str_set(&r->headers_out.content_type,
@@ -368,11 +384,21 @@ ngx_http_stream_mod_status_handler(ngx_http_request_t *r)
                           "%s\"%V\":{\"size\":%uz,\"entries\":%ui,"
                           "\"evictions\":%ui,\"expired\":%ui,"
                           "\"full_refusals\":%ui,\"dry_run_hits\":%ui,"
-                          "\"rate\":\"%uir/%s\"}",
+                          "\"rate\":\"%uir/%s\"",
                           i ? "," : "", &z[i].name, z[i].size, z[i].entries,
                           z[i].evictions, z[i].expired, z[i].full_refusals,
                           z[i].dry_run_hits, z[i].rate,
                           z[i].per_minute ? "m" : "s");
+
+            if (z[i].redis.len) {
+                b->last = ngx_sprintf(b->last,
+                              ",\"redis\":\"%V\",\"redis_errors\":%ui,"
+                              "\"redis_fallbacks\":%ui",
+                              &z[i].redis, z[i].redis_errors,
+                              z[i].redis_fallbacks);
+            }
+
+            *b->last++ = '}';
         }
 
         b->last = ngx_cpymem(b->last, "}}\n", 3);
