@@ -434,6 +434,8 @@ ngx_http_stream_mod_cors_origin(ngx_http_request_t *r,
     ngx_http_stream_mod_loc_conf_t *lcf, ngx_http_stream_mod_ctx_t *ctx,
     ngx_table_elt_t **acrm)
 {
+    static const char  acrm_name[] = "Access-Control-Request-Method";
+
     ngx_str_t        *o;
     ngx_uint_t        i;
     ngx_list_part_t  *part;
@@ -466,10 +468,9 @@ ngx_http_stream_mod_cors_origin(ngx_http_request_t *r,
         {
             origin = &h[i];
 
-        } else if (h[i].key.len == 29
-                   && ngx_strncasecmp(h[i].key.data,
-                                      (u_char *) "Access-Control-Request-Method",
-                                      29) == 0)
+        } else if (h[i].key.len == sizeof(acrm_name) - 1
+                   && ngx_strncasecmp(h[i].key.data, (u_char *) acrm_name,
+                                      sizeof(acrm_name) - 1) == 0)
         {
             *acrm = &h[i];
         }

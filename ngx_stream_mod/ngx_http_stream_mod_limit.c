@@ -881,9 +881,10 @@ ngx_http_stream_mod_limit_reply(void *data, ngx_int_t rc, ngx_uint_t excess)
 {
     ngx_http_stream_mod_limit_wait_t *w = data;
 
-    ngx_http_request_t              *r;
-    ngx_http_stream_mod_ctx_t       *ctx;
-    ngx_http_stream_mod_loc_conf_t  *lcf;
+    ngx_http_request_t                 *r;
+    ngx_http_stream_mod_ctx_t          *ctx;
+    ngx_http_stream_mod_loc_conf_t     *lcf;
+    ngx_http_stream_mod_limit_state_t  *st;
 
     r = w->request;
 
@@ -911,10 +912,8 @@ ngx_http_stream_mod_limit_reply(void *data, ngx_int_t rc, ngx_uint_t excess)
     }
 
     if (rc == NGX_BUSY) {
-        rc = ngx_http_stream_mod_limit_refuse(r, lcf, ctx,
-                                              ((ngx_http_stream_mod_limit_state_t *)
-                                               ctx->limit_state)->remote,
-                                              excess);
+        st = ctx->limit_state;
+        rc = ngx_http_stream_mod_limit_refuse(r, lcf, ctx, st->remote, excess);
 
     } else if (rc == NGX_ERROR) {
         rc = ngx_http_stream_mod_limit_unavailable(r, lcf, ctx);
