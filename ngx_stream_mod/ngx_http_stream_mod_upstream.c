@@ -84,7 +84,9 @@ ngx_http_stream_mod_rewrite(ngx_http_request_t *r,
         p = ngx_sprintf(p, "&%V=%V", &action->query_actor, &ctx->user);
     }
 
-    p = ngx_cpymem(p, ctx->query_extra.data, ctx->query_extra.len);
+    if (ctx->query_extra.len) {
+        p = ngx_cpymem(p, ctx->query_extra.data, ctx->query_extra.len);
+    }
 
     r->args.len = p - r->args.data;
 
