@@ -403,8 +403,14 @@ sub _stop_nginx {
     delete $self->{nginx_running};
     if ($self->{valgrind}) {
         if (my $pid = $self->{vg_pid}) {
-            kill 'QUIT', $pid;
-            unless (_wait_until(60, sub { $self->_reaped('vg_pid') })) {
+            # A single-process NGINX can take the signal just before it
+            # blocks in epoll_wait and sleep on: send it again until it exits.
+            my $ok = 0;
+            for (1 .. 30) {
+                kill 'QUIT', $pid;
+                last if $ok = _wait_until(2, sub { $self->_reaped('vg_pid') });
+            }
+            unless ($ok) {
                 kill 'KILL', $pid;
                 waitpid($pid, 0);
                 delete $self->{vg_pid};
