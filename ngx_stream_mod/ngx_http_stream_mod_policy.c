@@ -11,14 +11,24 @@
 
 #define NGX_HTTP_STREAM_MOD_UNSET  (-1)
 #define NGX_HTTP_STREAM_MOD_MAX_POLICY  (4 * 1024 * 1024)
+/* roles a caller may hold: from the map and the token claim */
+#define NGX_HTTP_STREAM_MOD_MAX_ROLES   32
+
+
+/* a list of names from the policy, compiled once; "*" sets any */
+typedef struct {
+    ngx_str_t                      *elts;
+    ngx_uint_t                      nelts;
+    ngx_uint_t                      any;
+} ngx_http_stream_mod_list_t;
 
 
 typedef struct {
     ngx_uint_t                      allow;
     uint32_t                        actions;       /* bit per action id */
-    json_t                         *users;         /* array, or NULL */
-    json_t                         *roles;         /* array, or NULL */
-    json_t                         *call_types;    /* array, or NULL */
+    ngx_http_stream_mod_list_t     *users;         /* or NULL */
+    ngx_http_stream_mod_list_t     *roles;         /* or NULL */
+    ngx_http_stream_mod_list_t     *call_types;    /* or NULL */
     json_t                         *when;          /* object, or NULL */
     ngx_int_t                       max_timeout;
     ngx_int_t                       allow_ip_ban;
@@ -31,7 +41,7 @@ typedef struct {
 struct ngx_http_stream_mod_policy_s {
     json_t                         *root;
     json_t                         *roles;         /* user -> [role] */
-    json_t                         *protected;     /* array, or NULL */
+    ngx_http_stream_mod_list_t     *protected;     /* or NULL */
     const char                     *role_claim;
     ngx_http_stream_mod_rule_t     *rules;
     ngx_uint_t                      nrules;
@@ -60,10 +70,16 @@ static void ngx_http_stream_mod_policy_error(
     const char *fmt, ...);
 static ngx_uint_t ngx_http_stream_mod_policy_locate(u_char *text, size_t len,
     const char *path, ngx_uint_t n, ngx_uint_t *line, ngx_uint_t *column);
+static ngx_http_stream_mod_list_t *ngx_http_stream_mod_policy_list(
+    ngx_conf_t *cf, json_t *v);
 static ngx_uint_t ngx_http_stream_mod_in(json_t *list, ngx_str_t *s);
-static ngx_uint_t ngx_http_stream_mod_has_role(
+static ngx_uint_t ngx_http_stream_mod_listed(ngx_http_stream_mod_list_t *list,
+    ngx_str_t *s);
+static ngx_uint_t ngx_http_stream_mod_caller_roles(
     ngx_http_stream_mod_policy_t *policy, ngx_http_stream_mod_ctx_t *ctx,
-    json_t *wanted);
+    ngx_str_t *roles, ngx_uint_t max);
+static ngx_uint_t ngx_http_stream_mod_has_role(
+    ngx_http_stream_mod_list_t *wanted, ngx_str_t *roles, ngx_uint_t n);
 static void ngx_http_stream_mod_policy_cleanup(void *data);
 
 
@@ -262,7 +278,10 @@ ngx_http_stream_mod_policy_compile(ngx_http_stream_mod_policy_loader_t *ld,
             return NGX_ERROR;
         }
 
-        policy->protected = v;
+        policy->protected = ngx_http_stream_mod_policy_list(ld->cf, v);
+        if (policy->protected == NULL) {
+            return NGX_ERROR;
+        }
     }
 
     rules = json_object_get(root, "rules");
@@ -310,6 +329,7 @@ ngx_http_stream_mod_policy_rule(ngx_http_stream_mod_policy_loader_t *ld,
     size_t                         i;
     ngx_str_t                      name;
     const char                    *key, *s;
+    ngx_http_stream_mod_list_t    *list;
     ngx_http_stream_mod_action_t  *action;
 
     if (!json_is_object(r)) {
@@ -384,14 +404,19 @@ ngx_http_stream_mod_policy_rule(ngx_http_stream_mod_policy_loader_t *ld,
                 return NGX_ERROR;
             }
 
+            list = ngx_http_stream_mod_policy_list(ld->cf, v);
+            if (list == NULL) {
+                return NGX_ERROR;
+            }
+
             if (key[0] == 'u') {
-                rule->users = v;
+                rule->users = list;
 
             } else if (key[0] == 'r') {
-                rule->roles = v;
+                rule->roles = list;
 
             } else {
-                rule->call_types = v;
+                rule->call_types = list;
             }
 
         } else if (ngx_strcmp(key, "when") == 0) {
@@ -490,6 +515,43 @@ ngx_http_stream_mod_policy_rule(ngx_http_stream_mod_policy_loader_t *ld,
     }
 
     return NGX_OK;
+}
+
+
+/* an array of strings (already checked) as names; "*" matches anything */
+
+static ngx_http_stream_mod_list_t *
+ngx_http_stream_mod_policy_list(ngx_conf_t *cf, json_t *v)
+{
+    size_t                       i;
+    ngx_str_t                   *e;
+    ngx_http_stream_mod_list_t  *list;
+
+    list = ngx_pcalloc(cf->pool, sizeof(ngx_http_stream_mod_list_t));
+    if (list == NULL) {
+        return NULL;
+    }
+
+    list->elts = ngx_palloc(cf->pool,
+                            (json_array_size(v) + 1) * sizeof(ngx_str_t));
+    if (list->elts == NULL) {
+        return NULL;
+    }
+
+    for (i = 0; i < json_array_size(v); i++) {
+        e = &list->elts[list->nelts];
+        e->data = (u_char *) json_string_value(json_array_get(v, i));
+        e->len = json_string_length(json_array_get(v, i));
+
+        if (e->len == 1 && e->data[0] == '*') {
+            list->any = 1;
+            continue;
+        }
+
+        list->nelts++;
+    }
+
+    return list;
 }
 
 
@@ -690,58 +752,84 @@ ngx_http_stream_mod_in(json_t *list, ngx_str_t *s)
 
 
 static ngx_uint_t
-ngx_http_stream_mod_in_any(json_t *list, ngx_str_t *s)
+ngx_http_stream_mod_listed(ngx_http_stream_mod_list_t *list, ngx_str_t *s)
 {
-    json_t  *v;
-    size_t   i;
+    ngx_uint_t  i;
 
-    json_array_foreach(list, i, v) {
-        if (json_string_length(v) == 1 && json_string_value(v)[0] == '*') {
+    for (i = 0; i < list->nelts; i++) {
+        if (list->elts[i].len == s->len
+            && ngx_memcmp(list->elts[i].data, s->data, s->len) == 0)
+        {
             return 1;
         }
     }
 
-    return ngx_http_stream_mod_in(list, s);
+    return 0;
+}
+
+
+/* the caller's roles, gathered once per request from the map and claim */
+
+static ngx_uint_t
+ngx_http_stream_mod_caller_roles(ngx_http_stream_mod_policy_t *policy,
+    ngx_http_stream_mod_ctx_t *ctx, ngx_str_t *roles, ngx_uint_t max)
+{
+    json_t      *list, *v;
+    size_t       i;
+    ngx_uint_t   n, k;
+
+    n = 0;
+
+    for (k = 0; k < 2; k++) {
+
+        if (k == 0) {
+            list = policy->roles ? json_object_getn(policy->roles,
+                                                    (char *) ctx->user.data,
+                                                    ctx->user.len)
+                                 : NULL;
+
+        } else {
+            list = (policy->role_claim && ctx->claims)
+                   ? json_object_get(ctx->claims, policy->role_claim) : NULL;
+
+            if (json_is_string(list)) {
+                if (n < max) {
+                    roles[n].data = (u_char *) json_string_value(list);
+                    roles[n++].len = json_string_length(list);
+                }
+
+                continue;
+            }
+        }
+
+        if (!json_is_array(list)) {
+            continue;
+        }
+
+        json_array_foreach(list, i, v) {
+            if (json_is_string(v) && n < max) {
+                roles[n].data = (u_char *) json_string_value(v);
+                roles[n++].len = json_string_length(v);
+            }
+        }
+    }
+
+    return n;
 }
 
 
 static ngx_uint_t
-ngx_http_stream_mod_has_role(ngx_http_stream_mod_policy_t *policy,
-    ngx_http_stream_mod_ctx_t *ctx, json_t *wanted)
+ngx_http_stream_mod_has_role(ngx_http_stream_mod_list_t *wanted,
+    ngx_str_t *roles, ngx_uint_t n)
 {
-    json_t     *mine, *claim, *v;
-    size_t      i;
-    ngx_str_t   role;
+    ngx_uint_t  i;
 
-    mine = policy->roles ? json_object_getn(policy->roles,
-                                            (char *) ctx->user.data,
-                                            ctx->user.len)
-                         : NULL;
+    if (wanted->any) {
+        return 1;
+    }
 
-    claim = (policy->role_claim && ctx->claims)
-            ? json_object_get(ctx->claims, policy->role_claim) : NULL;
-
-    json_array_foreach(wanted, i, v) {
-        role.data = (u_char *) json_string_value(v);
-        role.len = json_string_length(v);
-
-        if (role.len == 1 && role.data[0] == '*') {
-            return 1;
-        }
-
-        if (mine && ngx_http_stream_mod_in(mine, &role)) {
-            return 1;
-        }
-
-        if (json_is_string(claim)
-            && json_string_length(claim) == role.len
-            && ngx_strncmp(json_string_value(claim), role.data, role.len)
-               == 0)
-        {
-            return 1;
-        }
-
-        if (json_is_array(claim) && ngx_http_stream_mod_in(claim, &role)) {
+    for (i = 0; i < n; i++) {
+        if (ngx_http_stream_mod_listed(wanted, &roles[i])) {
             return 1;
         }
     }
@@ -783,7 +871,8 @@ ngx_http_stream_mod_policy_check(ngx_http_request_t *r,
 {
     json_t                      *v, *cids;
     ngx_str_t                   *t, type;
-    ngx_uint_t                   i, n;
+    ngx_str_t                    roles[NGX_HTTP_STREAM_MOD_MAX_ROLES];
+    ngx_uint_t                   i, n, nroles;
     ngx_http_stream_mod_rule_t  *rule;
 
     if (policy == NULL) {
@@ -816,7 +905,7 @@ ngx_http_stream_mod_policy_check(ngx_http_request_t *r,
 
     if (policy->protected) {
         for (i = 0; i < n; i++) {
-            if (ngx_http_stream_mod_in(policy->protected, &t[i])) {
+            if (ngx_http_stream_mod_listed(policy->protected, &t[i])) {
                 ngx_str_set(&ctx->rule, "protected_users");
                 return ngx_http_stream_mod_fail(r, ctx,
                                             NGX_HTTP_STREAM_MOD_DENY,
@@ -829,6 +918,8 @@ ngx_http_stream_mod_policy_check(ngx_http_request_t *r,
     }
 
     type = ctx->params[0];
+    nroles = ngx_http_stream_mod_caller_roles(policy, ctx, roles,
+                                              NGX_HTTP_STREAM_MOD_MAX_ROLES);
 
     for (rule = policy->rules; rule < policy->rules + policy->nrules; rule++) {
 
@@ -836,17 +927,21 @@ ngx_http_stream_mod_policy_check(ngx_http_request_t *r,
             continue;
         }
 
-        if (!((rule->users && ngx_http_stream_mod_in_any(rule->users,
-                                                         &ctx->user))
-              || (rule->roles && ngx_http_stream_mod_has_role(policy, ctx,
-                                                              rule->roles))))
+        if (!((rule->users
+               && (rule->users->any
+                   || ngx_http_stream_mod_listed(rule->users, &ctx->user)))
+              || (rule->roles
+                  && ngx_http_stream_mod_has_role(rule->roles, roles,
+                                                  nroles))))
         {
             continue;
         }
 
         if (rule->call_types
             && !(ctx->action->call
-                 && ngx_http_stream_mod_in_any(rule->call_types, &type)))
+                 && (rule->call_types->any
+                     || ngx_http_stream_mod_listed(rule->call_types,
+                                                   &type))))
         {
             continue;
         }
