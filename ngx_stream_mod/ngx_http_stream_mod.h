@@ -137,6 +137,17 @@ typedef struct {
 typedef struct ngx_http_stream_mod_policy_s  ngx_http_stream_mod_policy_t;
 
 
+/* tokens this worker verified, so a repeated token skips HMAC and parsing */
+#define NGX_HTTP_STREAM_MOD_TOKEN_CACHE  256
+
+typedef struct {
+    u_char                         *token;         /* malloc'd copy */
+    size_t                          len;
+    json_t                         *claims;
+    ngx_uint_t                      api_secret;
+} ngx_http_stream_mod_token_entry_t;
+
+
 typedef struct {
     ngx_shm_zone_t                 *shm_zone;
     ngx_uint_t                      burst;       /* in requests * 1000 */
@@ -204,6 +215,7 @@ typedef struct {
     ngx_http_stream_mod_secret_t   *secret;
     ngx_array_t                    *token_secrets;   /* ngx_str_t */
     ngx_int_t                       identity;        /* -2: token */
+    ngx_http_stream_mod_token_entry_t  *token_cache;
     time_t                          leeway;
     size_t                          max_body_size;
     ngx_http_stream_mod_policy_t   *policy;
@@ -293,6 +305,8 @@ ngx_int_t ngx_http_stream_mod_identify(ngx_http_request_t *r,
     ngx_http_stream_mod_loc_conf_t *lcf, ngx_http_stream_mod_ctx_t *ctx);
 char *ngx_http_stream_mod_read_secret(ngx_conf_t *cf, ngx_str_t *path,
     ngx_str_t *secret);
+ngx_int_t ngx_http_stream_mod_token_cache_init(ngx_conf_t *cf,
+    ngx_http_stream_mod_loc_conf_t *lcf);
 ngx_int_t ngx_http_stream_mod_make_server_token(ngx_pool_t *pool,
     ngx_str_t *secret, ngx_str_t *token);
 

@@ -29,6 +29,11 @@ static ngx_int_t ngx_http_stream_mod_time_claim(json_t *claims,
 static ngx_int_t ngx_http_stream_mod_unauthorized(ngx_http_request_t *r,
     ngx_http_stream_mod_ctx_t *ctx, ngx_int_t code, const char *message);
 static void ngx_http_stream_mod_json_cleanup(void *data);
+static ngx_http_stream_mod_token_entry_t *ngx_http_stream_mod_token_lookup(
+    ngx_http_stream_mod_loc_conf_t *lcf, ngx_str_t *token);
+static void ngx_http_stream_mod_token_store(
+    ngx_http_stream_mod_loc_conf_t *lcf, ngx_str_t *token, json_t *claims,
+    ngx_uint_t api_secret, ngx_log_t *log);
 
 
 ngx_int_t
@@ -85,9 +90,11 @@ ngx_http_stream_mod_token(ngx_http_request_t *r,
     u_char               sig[NGX_HTTP_STREAM_MOD_SIG_LEN];
     double               now, leeway, t;
     json_t              *header, *claims, *v;
-    ngx_str_t            token, *key;
-    ngx_int_t            rc;
-    ngx_uint_t           i, n, verified;
+    ngx_str_t                           token, *key;
+    ngx_int_t                           rc;
+    ngx_uint_t                          i, n, verified;
+    ngx_pool_cleanup_t                 *cln;
+    ngx_http_stream_mod_token_entry_t  *entry;
 
     if (r->headers_in.authorization == NULL) {
         return ngx_http_stream_mod_unauthorized(r, ctx,
@@ -108,6 +115,27 @@ ngx_http_stream_mod_token(ngx_http_request_t *r,
 
     if (token.len == 0 || token.len > NGX_HTTP_STREAM_MOD_MAX_TOKEN) {
         goto malformed;
+    }
+
+    entry = ngx_http_stream_mod_token_lookup(lcf, &token);
+
+    if (entry) {
+        /* verified before by this worker: the claims are known good */
+        claims = json_incref(entry->claims);
+
+        cln = ngx_pool_cleanup_add(r->pool, 0);
+        if (cln == NULL) {
+            json_decref(claims);
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        cln->handler = ngx_http_stream_mod_json_cleanup;
+        cln->data = claims;
+
+        ctx->claims = claims;
+        ctx->api_secret_token = entry->api_secret;
+
+        goto times;
     }
 
     /* three non-empty base64url segments, nothing else */
@@ -232,6 +260,8 @@ ngx_http_stream_mod_token(ngx_http_request_t *r,
                                                 "invalid user_id claim");
     }
 
+times:
+
     now = (double) ngx_time();
     leeway = (double) lcf->leeway;
 
@@ -268,6 +298,14 @@ ngx_http_stream_mod_token(ngx_http_request_t *r,
                                                 "token used before issued "
                                                 "at (iat)");
     }
+
+    if (entry == NULL) {
+        ngx_http_stream_mod_token_store(lcf, &token, claims,
+                                        ctx->api_secret_token,
+                                        r->connection->log);
+    }
+
+    v = json_object_get(claims, "user_id");
 
     ctx->user.data = (u_char *) json_string_value(v);
     ctx->user.len = json_string_length(v);
@@ -541,4 +579,114 @@ ngx_http_stream_mod_read_secret(ngx_conf_t *cf, ngx_str_t *path,
     cln->data = secret;
 
     return NGX_CONF_OK;
+}
+
+
+/*
+ * The token cache: direct-mapped, per worker, per location configuration.
+ * Entries are compared in constant time, so a cached token (someone
+ * else's) cannot be guessed byte by byte from response times.
+ */
+
+static ngx_uint_t
+ngx_http_stream_mod_token_slot(ngx_str_t *token)
+{
+    return ngx_crc32_short(token->data, token->len)
+           % NGX_HTTP_STREAM_MOD_TOKEN_CACHE;
+}
+
+
+static ngx_http_stream_mod_token_entry_t *
+ngx_http_stream_mod_token_lookup(ngx_http_stream_mod_loc_conf_t *lcf,
+    ngx_str_t *token)
+{
+    ngx_http_stream_mod_token_entry_t  *e;
+
+    if (lcf->token_cache == NULL) {
+        return NULL;
+    }
+
+    e = &lcf->token_cache[ngx_http_stream_mod_token_slot(token)];
+
+    if (e->token == NULL || e->len != token->len
+        || CRYPTO_memcmp(e->token, token->data, token->len) != 0)
+    {
+        return NULL;
+    }
+
+    return e;
+}
+
+
+static void
+ngx_http_stream_mod_token_store(ngx_http_stream_mod_loc_conf_t *lcf,
+    ngx_str_t *token, json_t *claims, ngx_uint_t api_secret, ngx_log_t *log)
+{
+    u_char                             *p;
+    ngx_http_stream_mod_token_entry_t  *e;
+
+    if (lcf->token_cache == NULL) {
+        return;
+    }
+
+    p = ngx_alloc(token->len, log);
+    if (p == NULL) {
+        return;
+    }
+
+    e = &lcf->token_cache[ngx_http_stream_mod_token_slot(token)];
+
+    if (e->token) {
+        ngx_free(e->token);
+        json_decref(e->claims);
+    }
+
+    ngx_memcpy(p, token->data, token->len);
+
+    e->token = p;
+    e->len = token->len;
+    e->claims = json_incref(claims);
+    e->api_secret = api_secret;
+}
+
+
+static void
+ngx_http_stream_mod_token_cache_cleanup(void *data)
+{
+    ngx_http_stream_mod_token_entry_t *cache = data;
+
+    ngx_uint_t  i;
+
+    for (i = 0; i < NGX_HTTP_STREAM_MOD_TOKEN_CACHE; i++) {
+        if (cache[i].token) {
+            ngx_free(cache[i].token);
+            json_decref(cache[i].claims);
+            cache[i].token = NULL;
+        }
+    }
+}
+
+
+ngx_int_t
+ngx_http_stream_mod_token_cache_init(ngx_conf_t *cf,
+    ngx_http_stream_mod_loc_conf_t *lcf)
+{
+    ngx_pool_cleanup_t  *cln;
+
+    lcf->token_cache = ngx_pcalloc(cf->pool,
+                                   NGX_HTTP_STREAM_MOD_TOKEN_CACHE
+                                   * sizeof(ngx_http_stream_mod_token_entry_t));
+    if (lcf->token_cache == NULL) {
+        return NGX_ERROR;
+    }
+
+    cln = ngx_pool_cleanup_add(cf->pool, 0);
+    if (cln == NULL) {
+        return NGX_ERROR;
+    }
+
+    cln->handler = ngx_http_stream_mod_token_cache_cleanup;
+    cln->data = lcf->token_cache;
+
+    return NGX_OK;
 }

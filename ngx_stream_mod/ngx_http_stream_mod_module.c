@@ -773,6 +773,12 @@ ngx_http_stream_mod_merge_loc_conf(ngx_conf_t *cf, void *parent, void *child)
         return NGX_CONF_ERROR;
     }
 
+    if (conf->identity == NGX_HTTP_STREAM_MOD_IDENTITY_TOKEN
+        && ngx_http_stream_mod_token_cache_init(cf, conf) != NGX_OK)
+    {
+        return NGX_CONF_ERROR;
+    }
+
     if (conf->limits) {
         limits = conf->limits->elts;
         n = 0;
