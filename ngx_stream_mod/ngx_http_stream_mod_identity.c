@@ -591,7 +591,12 @@ ngx_http_stream_mod_read_secret(ngx_conf_t *cf, ngx_str_t *path,
 static ngx_uint_t
 ngx_http_stream_mod_token_slot(ngx_str_t *token)
 {
-    return ngx_crc32_short(token->data, token->len)
+    size_t  n;
+
+    /* the tail is the signature: random for every token worth caching */
+    n = ngx_min(token->len, 16);
+
+    return ngx_hash_key(token->data + token->len - n, n)
            % NGX_HTTP_STREAM_MOD_TOKEN_CACHE;
 }
 
