@@ -290,7 +290,7 @@ ngx_http_stream_mod_check_names(ngx_http_request_t *r,
     size_t                         len;
     json_t                        *v;
     ngx_str_t                     *keys;
-    ngx_uint_t                     n, i;
+    ngx_uint_t                     n, i, j;
     const char                    *key;
     ngx_http_stream_mod_field_t   *f;
     ngx_http_stream_mod_action_t  *action;
@@ -320,7 +320,8 @@ ngx_http_stream_mod_check_names(ngx_http_request_t *r,
         keys[i].data = buf;
         keys[i].len = ngx_http_stream_mod_fold(buf, (u_char *) key, len);
 
-        for (f = action->fields; f < action->fields + action->nfields; f++) {
+        for (j = 0; j < action->nfields; j++) {
+            f = &action->fields[j];
 
             if (f->name.len != keys[i].len
                 || ngx_strncmp(f->name.data, keys[i].data, f->name.len) != 0)

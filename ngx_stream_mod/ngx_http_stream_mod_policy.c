@@ -11,7 +11,7 @@
 
 #define NGX_HTTP_STREAM_MOD_UNSET  (-1)
 #define NGX_HTTP_STREAM_MOD_MAX_POLICY  (4 * 1024 * 1024)
-/* roles a caller may hold: from the map and the token claim */
+/* roles gathered on the stack; more take the request pool */
 #define NGX_HTTP_STREAM_MOD_MAX_ROLES   32
 
 
@@ -768,7 +768,10 @@ ngx_http_stream_mod_listed(ngx_http_stream_mod_list_t *list, ngx_str_t *s)
 }
 
 
-/* the caller's roles, gathered once per request from the map and claim */
+/*
+ * The caller's roles, gathered once per request from the map and the
+ * claim; with roles == NULL only counted.
+ */
 
 static ngx_uint_t
 ngx_http_stream_mod_caller_roles(ngx_http_stream_mod_policy_t *policy,
@@ -793,7 +796,10 @@ ngx_http_stream_mod_caller_roles(ngx_http_stream_mod_policy_t *policy,
                    ? json_object_get(ctx->claims, policy->role_claim) : NULL;
 
             if (json_is_string(list)) {
-                if (n < max) {
+                if (roles == NULL) {
+                    n++;
+
+                } else if (n < max) {
                     roles[n].data = (u_char *) json_string_value(list);
                     roles[n++].len = json_string_length(list);
                 }
@@ -807,7 +813,14 @@ ngx_http_stream_mod_caller_roles(ngx_http_stream_mod_policy_t *policy,
         }
 
         json_array_foreach(list, i, v) {
-            if (json_is_string(v) && n < max) {
+            if (!json_is_string(v)) {
+                continue;
+            }
+
+            if (roles == NULL) {
+                n++;
+
+            } else if (n < max) {
                 roles[n].data = (u_char *) json_string_value(v);
                 roles[n++].len = json_string_length(v);
             }
@@ -871,7 +884,8 @@ ngx_http_stream_mod_policy_check(ngx_http_request_t *r,
 {
     json_t                      *v, *cids;
     ngx_str_t                   *t, type;
-    ngx_str_t                    roles[NGX_HTTP_STREAM_MOD_MAX_ROLES];
+    ngx_str_t                    stack[NGX_HTTP_STREAM_MOD_MAX_ROLES];
+    ngx_str_t                   *roles;
     ngx_uint_t                   i, n, nroles;
     ngx_http_stream_mod_rule_t  *rule;
 
@@ -918,10 +932,23 @@ ngx_http_stream_mod_policy_check(ngx_http_request_t *r,
     }
 
     type = ctx->params[0];
-    nroles = ngx_http_stream_mod_caller_roles(policy, ctx, roles,
-                                              NGX_HTTP_STREAM_MOD_MAX_ROLES);
 
-    for (rule = policy->rules; rule < policy->rules + policy->nrules; rule++) {
+    /* the caller's roles: on the stack, unless there are many */
+
+    nroles = ngx_http_stream_mod_caller_roles(policy, ctx, NULL, 0);
+    roles = stack;
+
+    if (nroles > NGX_HTTP_STREAM_MOD_MAX_ROLES) {
+        roles = ngx_palloc(r->pool, nroles * sizeof(ngx_str_t));
+        if (roles == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+    }
+
+    nroles = ngx_http_stream_mod_caller_roles(policy, ctx, roles, nroles);
+
+    for (i = 0; i < policy->nrules; i++) {
+        rule = &policy->rules[i];
 
         if (!(rule->actions & (1 << ctx->action->id))) {
             continue;
