@@ -340,6 +340,7 @@ ngx_int_t ngx_http_stream_mod_limit_stats(ngx_http_request_t *r,
     ngx_array_t *out);
 char *ngx_http_stream_mod_limit_init_main(ngx_conf_t *cf, void *conf);
 ngx_uint_t ngx_http_stream_mod_limit_remote(ngx_http_stream_mod_limit_t *limit);
+void ngx_http_stream_mod_limit_exit(ngx_cycle_t *cycle);
 
 /* redis.c */
 ngx_int_t ngx_http_stream_mod_redis_parse(ngx_conf_t *cf,
@@ -349,6 +350,7 @@ ngx_int_t ngx_http_stream_mod_redis_check(ngx_http_stream_mod_redis_t *rd,
     ngx_log_t *log, ngx_http_stream_mod_redis_done_pt handler, void *data);
 void ngx_http_stream_mod_redis_reset(ngx_http_stream_mod_redis_t *rd,
     ngx_log_t *log);
+void ngx_http_stream_mod_redis_exit(ngx_http_stream_mod_redis_t *rd);
 
 /* upstream.c */
 ngx_int_t ngx_http_stream_mod_rewrite(ngx_http_request_t *r,

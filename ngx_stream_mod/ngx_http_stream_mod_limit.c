@@ -203,6 +203,13 @@ ngx_http_stream_mod_limit_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         if (ngx_strncmp(value[i].data, "redis=", 6) == 0) {
             redis.len = value[i].len - 6;
             redis.data = value[i].data + 6;
+
+            if (redis.len == 0) {
+                ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                                   "empty redis address");
+                return NGX_CONF_ERROR;
+            }
+
             continue;
         }
 
@@ -300,6 +307,14 @@ ngx_http_stream_mod_limit_zone(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         if (ngx_http_stream_mod_redis_parse(cf, &ctx->redis, &redis)
             != NGX_OK)
         {
+            return NGX_CONF_ERROR;
+        }
+
+        /* "<prefix><zone>:" and 32 hex digits fit the command's key */
+        if (prefix.len + name.len > 95) {
+            ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
+                               "\"prefix\" and the zone name of \"%V\" "
+                               "are longer than 95 bytes together", &name);
             return NGX_CONF_ERROR;
         }
 
@@ -813,6 +828,16 @@ ngx_http_stream_mod_limit_unavailable(ngx_http_request_t *r,
 
     (void) ngx_atomic_fetch_add(&zctx->sh->redis_errors, 1);
 
+    if (lcf->limit_dry_run
+        && zctx->redis.on_error == NGX_HTTP_STREAM_MOD_ON_ERROR_DENY)
+    {
+        ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
+                      "stream_mod: redis %V unavailable, zone \"%V\" "
+                      "lets the request through (dry run)",
+                      &zctx->redis.addr, &zctx->name);
+        return NGX_OK;
+    }
+
     if (zctx->redis.on_error == NGX_HTTP_STREAM_MOD_ON_ERROR_LOCAL) {
         (void) ngx_atomic_fetch_add(&zctx->sh->redis_fallbacks, 1);
 
@@ -883,7 +908,9 @@ ngx_http_stream_mod_limit_reply(void *data, ngx_int_t rc, ngx_uint_t excess)
 
     ngx_http_request_t                 *r;
     ngx_http_stream_mod_ctx_t          *ctx;
+    ngx_http_stream_mod_limit_t        *limit;
     ngx_http_stream_mod_loc_conf_t     *lcf;
+    ngx_http_stream_mod_limit_ctx_t    *zctx;
     ngx_http_stream_mod_limit_state_t  *st;
 
     r = w->request;
@@ -904,15 +931,21 @@ ngx_http_stream_mod_limit_reply(void *data, ngx_int_t rc, ngx_uint_t excess)
 
     ctx->limit_wait = NULL;
 
+    st = ctx->limit_state;
+
     if (rc == NGX_BUSY && lcf->limit_dry_run) {
+        limit = lcf->limits->elts;
+        zctx = limit[st->remote].shm_zone->data;
+
+        (void) ngx_atomic_fetch_add(&zctx->sh->dry_run_hits, 1);
+
         ngx_log_error(NGX_LOG_WARN, r->connection->log, 0,
-                      "stream_mod: limit exceeded in a redis zone by user "
-                      "\"%V\" (dry run)", &ctx->user);
+                      "stream_mod: limit exceeded in zone \"%V\" by user "
+                      "\"%V\" (dry run)", &zctx->name, &ctx->user);
         rc = NGX_OK;
     }
 
     if (rc == NGX_BUSY) {
-        st = ctx->limit_state;
         rc = ngx_http_stream_mod_limit_refuse(r, lcf, ctx, st->remote, excess);
 
     } else if (rc == NGX_ERROR) {
@@ -1241,4 +1274,33 @@ ngx_http_stream_mod_limit_stats(ngx_http_request_t *r, ngx_array_t *out)
     }
 
     return NGX_OK;
+}
+
+
+/* worker exit: the Redis connections of every zone */
+
+void
+ngx_http_stream_mod_limit_exit(ngx_cycle_t *cycle)
+{
+    ngx_uint_t                        i;
+    ngx_shm_zone_t                  **zones;
+    ngx_http_stream_mod_limit_ctx_t  *ctx;
+    ngx_http_stream_mod_main_conf_t  *smcf;
+
+    smcf = ngx_http_cycle_get_module_main_conf(cycle,
+                                               ngx_http_stream_mod_module);
+
+    if (smcf == NULL || smcf->zones == NULL) {
+        return;
+    }
+
+    zones = smcf->zones->elts;
+
+    for (i = 0; i < smcf->zones->nelts; i++) {
+        ctx = zones[i]->data;
+
+        if (ctx->redis.addr.len) {
+            ngx_http_stream_mod_redis_exit(&ctx->redis);
+        }
+    }
 }

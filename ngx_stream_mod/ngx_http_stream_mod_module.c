@@ -44,6 +44,7 @@ static char *ngx_http_stream_mod_identity(ngx_conf_t *cf, ngx_command_t *cmd,
 static char *ngx_http_stream_mod_cors_origins(ngx_conf_t *cf,
     ngx_command_t *cmd, void *conf);
 static ngx_int_t ngx_http_stream_mod_init(ngx_conf_t *cf);
+static void ngx_http_stream_mod_exit_process(ngx_cycle_t *cycle);
 
 
 static ngx_command_t  ngx_http_stream_mod_commands[] = {
@@ -168,7 +169,7 @@ ngx_module_t  ngx_http_stream_mod_module = {
     NULL,                                  /* init process */
     NULL,                                  /* init thread */
     NULL,                                  /* exit thread */
-    NULL,                                  /* exit process */
+    ngx_http_stream_mod_exit_process,      /* exit process */
     NULL,                                  /* exit master */
     NGX_MODULE_V1_PADDING
 };
@@ -998,4 +999,11 @@ ngx_http_stream_mod_init(ngx_conf_t *cf)
     }
 
     return ngx_http_stream_mod_body_init(cf);
+}
+
+
+static void
+ngx_http_stream_mod_exit_process(ngx_cycle_t *cycle)
+{
+    ngx_http_stream_mod_limit_exit(cycle);
 }

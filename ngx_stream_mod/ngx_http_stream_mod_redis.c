@@ -94,9 +94,18 @@ ngx_http_stream_mod_redis_parse(ngx_conf_t *cf,
     u.url = *addr;
     u.default_port = 6379;
 
-    if (ngx_parse_url(cf->pool, &u) != NGX_OK || u.naddrs == 0) {
+    if (addr->len == 0 || ngx_parse_url(cf->pool, &u) != NGX_OK
+        || u.naddrs == 0)
+    {
         ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid redis address "
                            "\"%V\": %s", addr, u.err ? u.err : "no address");
+        return NGX_ERROR;
+    }
+
+    if (u.family != AF_INET && u.family != AF_INET6) {
+        ngx_conf_log_error(NGX_LOG_EMERG, cf, 0, "invalid redis address "
+                           "\"%V\": use an IP address or a host name, "
+                           "with a port", addr);
         return NGX_ERROR;
     }
 
@@ -365,6 +374,12 @@ ngx_http_stream_mod_redis_connected(const redisAsyncContext *ac, int status)
         ngx_log_error(NGX_LOG_ERR, ngx_cycle->log, 0,
                       "stream_mod: redis %V: connect failed: %s", &rd->addr,
                       ac->errstr);
+
+        /* hiredis frees the context after this, without a disconnect */
+        if (rd->ac == ac) {
+            rd->ac = NULL;
+        }
+
         return;
     }
 
@@ -482,4 +497,24 @@ ngx_http_stream_mod_redis_cleanup(void *data)
 
     c->fd = (ngx_socket_t) -1;
     ngx_free_connection(c);
+}
+
+
+/* worker exit: close the connection so no socket is left open */
+
+void
+ngx_http_stream_mod_redis_exit(ngx_http_stream_mod_redis_t *rd)
+{
+    redisAsyncContext  *ac;
+
+    ac = rd->ac;
+
+    if (ac == NULL) {
+        return;
+    }
+
+    rd->ac = NULL;
+    rd->retry_at = (ngx_msec_t) -1;
+
+    redisAsyncFree(ac);
 }
