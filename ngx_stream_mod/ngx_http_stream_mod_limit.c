@@ -13,16 +13,22 @@
 #include <ngx_md5.h>
 
 
+/*
+ * A bucket, laid over the rbtree node from its color byte on.  The node's
+ * key is 64 bits of the MD5 of the moderator's key (user id, and action
+ * with per=action), and nothing else is stored: the whole node takes 60
+ * bytes, one 64-byte slab chunk, whatever the user id's length.
+ */
+
 typedef struct {
     u_char                          color;
     u_char                          dummy;
     u_short                         pad;
+    /* excess requests * 1000; burst is capped so that it fits */
+    uint32_t                        excess;
     ngx_queue_t                     queue;
-    ngx_msec_t                      last;
-    /* excess requests * 1000 */
-    ngx_uint_t                      excess;
-    /* MD5 of the key: fixed size, so a node fits a 128-byte slab chunk */
-    u_char                          key[16];
+    /* ngx_current_msec, truncated: only differences are used */
+    uint32_t                        last;
 } ngx_http_stream_mod_limit_node_t;
 
 
@@ -400,7 +406,9 @@ ngx_http_stream_mod_limit(ngx_conf_t *cf, ngx_command_t *cmd, void *conf)
         if (ngx_strncmp(value[i].data, "burst=", 6) == 0) {
 
             burst = ngx_atoi(value[i].data + 6, value[i].len - 6);
-            if (burst < 0) {
+
+            /* the bucket's excess is 32 bits, in requests * 1000 */
+            if (burst < 0 || burst > 4000000) {
                 ngx_conf_log_error(NGX_LOG_EMERG, cf, 0,
                                    "invalid burst value \"%V\"", &value[i]);
                 return NGX_CONF_ERROR;
@@ -569,8 +577,7 @@ static void
 ngx_http_stream_mod_limit_insert_value(ngx_rbtree_node_t *temp,
     ngx_rbtree_node_t *node, ngx_rbtree_node_t *sentinel)
 {
-    ngx_rbtree_node_t                 **p;
-    ngx_http_stream_mod_limit_node_t   *n, *t;
+    ngx_rbtree_node_t  **p;
 
     for ( ;; ) {
 
@@ -581,11 +588,8 @@ ngx_http_stream_mod_limit_insert_value(ngx_rbtree_node_t *temp,
             p = &temp->right;
 
         } else {
-            n = (ngx_http_stream_mod_limit_node_t *) &node->color;
-            t = (ngx_http_stream_mod_limit_node_t *) &temp->color;
-
-            p = (ngx_memcmp(n->key, t->key, 16) < 0) ? &temp->left
-                                                     : &temp->right;
+            /* cannot happen: a key is looked up before it is inserted */
+            p = &temp->right;
         }
 
         if (*p == sentinel) {
@@ -889,9 +893,9 @@ ngx_http_stream_mod_limit_give_back(ngx_http_stream_mod_loc_conf_t *lcf,
 
         lr = ngx_http_stream_mod_limit_find(zctx, st->undo[j].key);
 
-        if (lr && lr->last == st->undo[j].now) {
-            lr->excess = st->undo[j].excess;
-            lr->last = st->undo[j].last;
+        if (lr && lr->last == (uint32_t) st->undo[j].now) {
+            lr->excess = (uint32_t) st->undo[j].excess;
+            lr->last = (uint32_t) st->undo[j].last;
         }
 
         ngx_shmtx_unlock(&zctx->shpool->mutex);
@@ -1027,10 +1031,8 @@ static ngx_http_stream_mod_limit_node_t *
 ngx_http_stream_mod_limit_find(ngx_http_stream_mod_limit_ctx_t *ctx,
     u_char *key)
 {
-    ngx_int_t                          rc;
-    ngx_rbtree_key_t                   hash;
-    ngx_rbtree_node_t                 *node, *sentinel;
-    ngx_http_stream_mod_limit_node_t  *lr;
+    ngx_rbtree_key_t    hash;
+    ngx_rbtree_node_t  *node, *sentinel;
 
     ngx_memcpy(&hash, key, sizeof(ngx_rbtree_key_t));
 
@@ -1044,15 +1046,7 @@ ngx_http_stream_mod_limit_find(ngx_http_stream_mod_limit_ctx_t *ctx,
             continue;
         }
 
-        lr = (ngx_http_stream_mod_limit_node_t *) &node->color;
-
-        rc = ngx_memcmp(key, lr->key, 16);
-
-        if (rc == 0) {
-            return lr;
-        }
-
-        node = (rc < 0) ? node->left : node->right;
+        return (ngx_http_stream_mod_limit_node_t *) &node->color;
     }
 
     return NULL;
@@ -1090,7 +1084,7 @@ ngx_http_stream_mod_limit_lookup(ngx_http_stream_mod_limit_t *limit,
         ngx_queue_remove(&lr->queue);
         ngx_queue_insert_head(&ctx->sh->queue, &lr->queue);
 
-        ms = (ngx_msec_int_t) (now - lr->last);
+        ms = (int32_t) ((uint32_t) now - lr->last);
 
         if (ms < -60000) {
             ms = 1;
@@ -1116,8 +1110,8 @@ ngx_http_stream_mod_limit_lookup(ngx_http_stream_mod_limit_t *limit,
         undo->last = lr->last;
         undo->now = now;
 
-        lr->excess = excess;
-        lr->last = now;
+        lr->excess = (uint32_t) excess;
+        lr->last = (uint32_t) now;
 
         return NGX_OK;
     }
@@ -1146,9 +1140,8 @@ ngx_http_stream_mod_limit_lookup(ngx_http_stream_mod_limit_t *limit,
 
     lr = (ngx_http_stream_mod_limit_node_t *) &node->color;
 
-    ngx_memcpy(lr->key, key, 16);
     lr->excess = 0;
-    lr->last = now;
+    lr->last = (uint32_t) now;
 
     ngx_rbtree_insert(&ctx->sh->rbtree, node);
     ngx_queue_insert_head(&ctx->sh->queue, &lr->queue);
@@ -1192,7 +1185,7 @@ ngx_http_stream_mod_limit_expire(ngx_http_stream_mod_limit_ctx_t *ctx,
         q = ngx_queue_last(&ctx->sh->queue);
         lr = ngx_queue_data(q, ngx_http_stream_mod_limit_node_t, queue);
 
-        ms = (ngx_msec_int_t) (now - lr->last);
+        ms = (int32_t) ((uint32_t) now - lr->last);
         ms = ngx_abs(ms);
 
         /*
