@@ -96,7 +96,8 @@ sub ban_with {
 
 sub audit_lines {
     open my $fh, '<', $t->dir . '/audit.log' or return ();
-    my @l = grep { length } map { s/\n\z//r } <$fh>;
+    # complete lines only: a line being written may be read half-way
+    my @l = grep { length } map { s/\n\z//r } grep { /\n\z/ } <$fh>;
     return @l;
 }
 

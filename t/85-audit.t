@@ -65,7 +65,9 @@ sub wait_lines {
     my ($file, $n) = @_;
     my @lines;
     for (1 .. 100) {
-        @lines = grep { length } split /\n/, slurp($t->dir . "/$file");
+        # complete lines only: a line being written may be read half-way
+        (my $text = slurp($t->dir . "/$file")) =~ s/[^\n]*\z//;
+        @lines = grep { length } split /\n/, $text;
         last if @lines >= $n;
         select undef, undef, undef, 0.05;
     }

@@ -362,7 +362,9 @@ my @responses = (@all, @own);
 my @lines;
 $end = time + ($VG ? 30 : 5);
 while (1) {
-    @lines = grep { /\S/ } split /\n/, $t->slurp("$d/audit.log");
+    # complete lines only: a line being written may be read half-way
+    (my $text = $t->slurp("$d/audit.log")) =~ s/[^\n]*\z//;
+    @lines = grep { /\S/ } split /\n/, $text;
     last if @lines >= @responses || time > $end;
     sleep 0.05;
 }

@@ -449,7 +449,11 @@ sub log_since {
     return grep { $_ =~ $re } split /\n/, substr($t->error_log, $mark);
 }
 
-sub audit_lines { grep { /\S/ } split /\n/, $_[0]->slurp($_[0]->dir . '/audit.log') }
+# complete lines only: a line being written may be read half-way
+sub audit_lines {
+    (my $text = $_[0]->slurp($_[0]->dir . '/audit.log')) =~ s/[^\n]*\z//;
+    return grep { /\S/ } split /\n/, $text;
+}
 
 sub redis_key { my ($zone, $key, $prefix) = @_; ($prefix // 'stream_mod:') . "$zone:" . md5_hex($key) }
 
