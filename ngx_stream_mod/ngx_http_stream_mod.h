@@ -129,7 +129,9 @@ typedef struct {
 
 typedef struct {
     ngx_str_t                       secret;
-    /* HS256 JWT of {"server":true}, made once per secret */
+    /* HMAC-SHA256 keyed once with the secret; duplicated per use */
+    struct evp_mac_ctx_st          *mac;
+    /* HS256 JWT of {"server":true}, made once per secret (API secret) */
     ngx_str_t                       server_token;
 } ngx_http_stream_mod_secret_t;
 
@@ -213,7 +215,7 @@ typedef struct {
     ngx_flag_t                      enable;
     ngx_str_t                       api_key;
     ngx_http_stream_mod_secret_t   *secret;
-    ngx_array_t                    *token_secrets;   /* ngx_str_t */
+    ngx_array_t                    *token_secrets;   /* secret_t */
     ngx_int_t                       identity;        /* -2: token */
     ngx_http_stream_mod_token_entry_t  *token_cache;
     time_t                          leeway;
@@ -304,11 +306,13 @@ ngx_uint_t ngx_http_stream_mod_valid_id(u_char *p, size_t len, size_t max);
 ngx_int_t ngx_http_stream_mod_identify(ngx_http_request_t *r,
     ngx_http_stream_mod_loc_conf_t *lcf, ngx_http_stream_mod_ctx_t *ctx);
 char *ngx_http_stream_mod_read_secret(ngx_conf_t *cf, ngx_str_t *path,
-    ngx_str_t *secret);
+    ngx_http_stream_mod_secret_t *secret);
 ngx_int_t ngx_http_stream_mod_token_cache_init(ngx_conf_t *cf,
     ngx_http_stream_mod_loc_conf_t *lcf);
 ngx_int_t ngx_http_stream_mod_make_server_token(ngx_pool_t *pool,
-    ngx_str_t *secret, ngx_str_t *token);
+    ngx_http_stream_mod_secret_t *secret);
+ngx_int_t ngx_http_stream_mod_secret_init(ngx_http_stream_mod_secret_t *s,
+    ngx_log_t *log);
 
 /* body.c */
 ngx_int_t ngx_http_stream_mod_body_init(ngx_conf_t *cf);

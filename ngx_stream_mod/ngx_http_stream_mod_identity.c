@@ -9,7 +9,8 @@
 
 #include <openssl/crypto.h>
 #include <openssl/evp.h>
-#include <openssl/hmac.h>
+#include <openssl/core_names.h>
+#include <openssl/params.h>
 
 
 /* base64url of a 32-byte HMAC-SHA256, no padding */
@@ -22,7 +23,8 @@ static ngx_int_t ngx_http_stream_mod_variable_identity(ngx_http_request_t *r,
     ngx_http_stream_mod_loc_conf_t *lcf, ngx_http_stream_mod_ctx_t *ctx);
 static json_t *ngx_http_stream_mod_decode_segment(ngx_http_request_t *r,
     u_char *p, size_t len);
-static ngx_int_t ngx_http_stream_mod_sign(ngx_str_t *key, u_char *data,
+static ngx_int_t ngx_http_stream_mod_sign(ngx_http_stream_mod_secret_t *key,
+    u_char *data,
     size_t len, u_char *out);
 static ngx_int_t ngx_http_stream_mod_time_claim(json_t *claims,
     const char *name, double *value);
@@ -90,10 +92,11 @@ ngx_http_stream_mod_token(ngx_http_request_t *r,
     u_char               sig[NGX_HTTP_STREAM_MOD_SIG_LEN];
     double               now, leeway, t;
     json_t              *header, *claims, *v;
-    ngx_str_t                           token, *key;
+    ngx_str_t                           token;
     ngx_int_t                           rc;
     ngx_uint_t                          i, n, verified;
     ngx_pool_cleanup_t                 *cln;
+    ngx_http_stream_mod_secret_t       *key;
     ngx_http_stream_mod_token_entry_t  *entry;
 
     if (r->headers_in.authorization == NULL) {
@@ -206,7 +209,7 @@ ngx_http_stream_mod_token(ngx_http_request_t *r,
         n = lcf->token_secrets->nelts;
 
     } else {
-        key = &lcf->secret->secret;
+        key = lcf->secret;
         n = 1;
     }
 
@@ -223,9 +226,9 @@ ngx_http_stream_mod_token(ngx_http_request_t *r,
             verified = 1;
 
             ctx->api_secret_token =
-                        (key[i].len == lcf->secret->secret.len
-                         && CRYPTO_memcmp(key[i].data, lcf->secret->secret.data,
-                                          key[i].len) == 0);
+                (key[i].secret.len == lcf->secret->secret.len
+                 && CRYPTO_memcmp(key[i].secret.data, lcf->secret->secret.data,
+                                  key[i].secret.len) == 0);
         }
     }
 
@@ -414,18 +417,36 @@ ngx_http_stream_mod_time_claim(json_t *claims, const char *name,
 }
 
 
+/*
+ * HMAC-SHA256 from a context keyed once at configuration: a duplicate is
+ * cheaper than OpenSSL 3's one-shot HMAC(), which fetches the algorithm
+ * and sets the key on every call.
+ */
+
 static ngx_int_t
-ngx_http_stream_mod_sign(ngx_str_t *key, u_char *data, size_t len,
-    u_char *out)
+ngx_http_stream_mod_sign(ngx_http_stream_mod_secret_t *key, u_char *data,
+    size_t len, u_char *out)
 {
     u_char        mac[EVP_MAX_MD_SIZE];
-    unsigned int  maclen;
+    size_t        maclen;
+    ngx_int_t     rc;
     ngx_str_t     src, dst;
+    EVP_MAC_CTX  *ctx;
 
-    if (HMAC(EVP_sha256(), key->data, (int) key->len, data, len, mac,
-             &maclen)
-        == NULL)
-    {
+    maclen = 0;
+
+    ctx = EVP_MAC_CTX_dup(key->mac);
+    if (ctx == NULL) {
+        return NGX_ERROR;
+    }
+
+    rc = (EVP_MAC_update(ctx, data, len) == 1
+          && EVP_MAC_final(ctx, mac, &maclen, sizeof(mac)) == 1)
+         ? NGX_OK : NGX_ERROR;
+
+    EVP_MAC_CTX_free(ctx);
+
+    if (rc != NGX_OK) {
         return NGX_ERROR;
     }
 
@@ -442,12 +463,16 @@ ngx_http_stream_mod_sign(ngx_str_t *key, u_char *data, size_t len,
 /* the JWT of {"server":true}, as Stream's server SDKs make it */
 
 ngx_int_t
-ngx_http_stream_mod_make_server_token(ngx_pool_t *pool, ngx_str_t *secret,
-    ngx_str_t *token)
+ngx_http_stream_mod_make_server_token(ngx_pool_t *pool,
+    ngx_http_stream_mod_secret_t *secret)
 {
+    ngx_str_t  *token;
+
     u_char     *p;
     size_t      len;
     ngx_str_t   header, payload, src;
+
+    token = &secret->server_token;
 
     ngx_str_set(&header, "{\"alg\":\"HS256\",\"typ\":\"JWT\"}");
     ngx_str_set(&payload, "{\"server\":true}");
@@ -490,9 +515,10 @@ ngx_http_stream_mod_make_server_token(ngx_pool_t *pool, ngx_str_t *secret,
 static void
 ngx_http_stream_mod_secret_cleanup(void *data)
 {
-    ngx_str_t  *secret = data;
+    ngx_http_stream_mod_secret_t  *secret = data;
 
-    OPENSSL_cleanse(secret->data, secret->len);
+    OPENSSL_cleanse(secret->secret.data, secret->secret.len);
+    EVP_MAC_CTX_free(secret->mac);
 }
 
 
@@ -503,8 +529,10 @@ ngx_http_stream_mod_secret_cleanup(void *data)
 
 char *
 ngx_http_stream_mod_read_secret(ngx_conf_t *cf, ngx_str_t *path,
-    ngx_str_t *secret)
+    ngx_http_stream_mod_secret_t *s)
 {
+    ngx_str_t  *secret = &s->secret;
+
     u_char              *p, buf[4096];
     ssize_t              n;
     ngx_fd_t             fd;
@@ -570,15 +598,63 @@ ngx_http_stream_mod_read_secret(ngx_conf_t *cf, ngx_str_t *path,
     ngx_memcpy(secret->data, buf, secret->len);
     OPENSSL_cleanse(buf, sizeof(buf));
 
-    cln = ngx_pool_cleanup_add(cf->pool, 0);
+    /*
+     * The cleanup keeps its own copy: "s" may live in an array that moves
+     * when it grows.  The secret's bytes and the MAC context do not move.
+     */
+
+    cln = ngx_pool_cleanup_add(cf->pool, sizeof(ngx_http_stream_mod_secret_t));
     if (cln == NULL) {
         return NGX_CONF_ERROR;
     }
 
     cln->handler = ngx_http_stream_mod_secret_cleanup;
-    cln->data = secret;
+    ngx_memzero(cln->data, sizeof(ngx_http_stream_mod_secret_t));
+
+    if (ngx_http_stream_mod_secret_init(s, cf->log) != NGX_OK) {
+        EVP_MAC_CTX_free(s->mac);
+        OPENSSL_cleanse(secret->data, secret->len);
+        return NGX_CONF_ERROR;
+    }
+
+    ngx_memcpy(cln->data, s, sizeof(ngx_http_stream_mod_secret_t));
 
     return NGX_CONF_OK;
+}
+
+
+/* the HMAC context of a secret, keyed once */
+
+ngx_int_t
+ngx_http_stream_mod_secret_init(ngx_http_stream_mod_secret_t *s,
+    ngx_log_t *log)
+{
+    EVP_MAC     *mac;
+    OSSL_PARAM   params[2];
+
+    mac = EVP_MAC_fetch(NULL, "HMAC", NULL);
+    if (mac == NULL) {
+        ngx_log_error(NGX_LOG_EMERG, log, 0, "EVP_MAC_fetch(HMAC) failed");
+        return NGX_ERROR;
+    }
+
+    s->mac = EVP_MAC_CTX_new(mac);
+    EVP_MAC_free(mac);
+
+    if (s->mac == NULL) {
+        return NGX_ERROR;
+    }
+
+    params[0] = OSSL_PARAM_construct_utf8_string("digest", (char *) "SHA256",
+                                                 0);
+    params[1] = OSSL_PARAM_construct_end();
+
+    if (EVP_MAC_init(s->mac, s->secret.data, s->secret.len, params) != 1) {
+        ngx_log_error(NGX_LOG_EMERG, log, 0, "EVP_MAC_init() failed");
+        return NGX_ERROR;
+    }
+
+    return NGX_OK;
 }
 
 

@@ -846,15 +846,13 @@ ngx_http_stream_mod_api_secret_file(ngx_conf_t *cf, ngx_command_t *cmd,
         return NGX_CONF_ERROR;
     }
 
-    rv = ngx_http_stream_mod_read_secret(cf, &value[1], &secret->secret);
+    rv = ngx_http_stream_mod_read_secret(cf, &value[1], secret);
     if (rv != NGX_CONF_OK) {
         return rv;
     }
 
     /* once per secret, never per request */
-    if (ngx_http_stream_mod_make_server_token(cf->pool, &secret->secret,
-                                              &secret->server_token)
-        != NGX_OK)
+    if (ngx_http_stream_mod_make_server_token(cf->pool, secret) != NGX_OK)
     {
         return NGX_CONF_ERROR;
     }
@@ -871,12 +869,14 @@ ngx_http_stream_mod_token_secret_file(ngx_conf_t *cf, ngx_command_t *cmd,
 {
     ngx_http_stream_mod_loc_conf_t *lcf = conf;
 
-    ngx_str_t  *value, *s;
+    ngx_str_t                     *value;
+    ngx_http_stream_mod_secret_t  *s;
 
     value = cf->args->elts;
 
     if (lcf->token_secrets == NULL) {
-        lcf->token_secrets = ngx_array_create(cf->pool, 2, sizeof(ngx_str_t));
+        lcf->token_secrets = ngx_array_create(cf->pool, 2,
+                                        sizeof(ngx_http_stream_mod_secret_t));
         if (lcf->token_secrets == NULL) {
             return NGX_CONF_ERROR;
         }
@@ -886,6 +886,8 @@ ngx_http_stream_mod_token_secret_file(ngx_conf_t *cf, ngx_command_t *cmd,
     if (s == NULL) {
         return NGX_CONF_ERROR;
     }
+
+    ngx_memzero(s, sizeof(ngx_http_stream_mod_secret_t));
 
     return ngx_http_stream_mod_read_secret(cf, &value[1], s);
 }

@@ -40,8 +40,8 @@ static ngx_array_t                  *fuzz_token_secrets;
 int
 LLVMFuzzerInitialize(int *argc, char ***argv)
 {
-    ngx_str_t   *s;
-    ngx_pool_t  *pool;
+    ngx_pool_t                    *pool;
+    ngx_http_stream_mod_secret_t  *s;
 
     fuzz_init();
 
@@ -51,15 +51,16 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
     pool = ngx_create_pool(NGX_DEFAULT_POOL_SIZE, fuzz_log());
 
     if (pool == NULL
-        || ngx_http_stream_mod_make_server_token(pool, &fuzz_secret.secret,
-                                                 &fuzz_secret.server_token)
+        || ngx_http_stream_mod_secret_init(&fuzz_secret, fuzz_log()) != NGX_OK
+        || ngx_http_stream_mod_make_server_token(pool, &fuzz_secret)
            != NGX_OK)
     {
         abort();
     }
 
     /* rotation: an old key and the API secret's replacement */
-    fuzz_token_secrets = ngx_array_create(pool, 2, sizeof(ngx_str_t));
+    fuzz_token_secrets = ngx_array_create(pool, 2,
+                                         sizeof(ngx_http_stream_mod_secret_t));
     if (fuzz_token_secrets == NULL) {
         abort();
     }
@@ -69,8 +70,15 @@ LLVMFuzzerInitialize(int *argc, char ***argv)
         abort();
     }
 
-    ngx_str_set(&s[0], "an-old-key-that-signs-nothing-here");
-    ngx_str_set(&s[1], FUZZ_TOKEN_SECRET);
+    ngx_memzero(s, 2 * sizeof(ngx_http_stream_mod_secret_t));
+    ngx_str_set(&s[0].secret, "an-old-key-that-signs-nothing-here");
+    ngx_str_set(&s[1].secret, FUZZ_TOKEN_SECRET);
+
+    if (ngx_http_stream_mod_secret_init(&s[0], fuzz_log()) != NGX_OK
+        || ngx_http_stream_mod_secret_init(&s[1], fuzz_log()) != NGX_OK)
+    {
+        abort();
+    }
 
     return 0;
 }
