@@ -1087,7 +1087,11 @@ ngx_http_stream_mod_limit_lookup(ngx_http_stream_mod_limit_t *limit,
         ms = (int32_t) ((uint32_t) now - lr->last);
 
         if (ms < -60000) {
-            ms = 1;
+            /*
+             * The 32-bit time wrapped: idle for more than 24 days, so
+             * the bucket has drained whatever it held.
+             */
+            ms = NGX_MAX_INT32_VALUE;
 
         } else if (ms < 0) {
             ms = 0;
