@@ -277,7 +277,6 @@ typedef struct {
     ngx_buf_t                      *err_body;
 
     unsigned                        capture:1;
-    unsigned                        waiting_body:1;
     unsigned                        forwarded:1;
     unsigned                        replace_body:1;
     unsigned                        body_sent:1;
@@ -293,6 +292,7 @@ extern ngx_module_t  ngx_http_stream_mod_module;
 /* module.c */
 ngx_http_stream_mod_ctx_t *ngx_http_stream_mod_create_ctx(
     ngx_http_request_t *r);
+ngx_int_t ngx_http_stream_mod_json_pool(ngx_pool_t *pool, json_t *json);
 void ngx_http_stream_mod_resume(ngx_http_request_t *r, ngx_int_t rc);
 
 /* action.c */

@@ -26,7 +26,6 @@ static int ngx_libc_cdecl ngx_http_stream_mod_cmp_str(const void *one,
     const void *two);
 static ngx_chain_t *ngx_http_stream_mod_body_buf(ngx_http_request_t *r,
     u_char *pos, u_char *last);
-static void ngx_http_stream_mod_body_cleanup(void *data);
 
 
 static ngx_http_request_body_filter_pt  ngx_http_next_request_body_filter;
@@ -128,7 +127,6 @@ ngx_http_stream_mod_inspect_body(ngx_http_request_t *r,
     ngx_str_t                      target;
     ngx_uint_t                     i;
     json_error_t                   err;
-    ngx_pool_cleanup_t            *cln;
     ngx_http_stream_mod_field_t   *f;
     ngx_http_stream_mod_action_t  *action;
 
@@ -168,14 +166,9 @@ ngx_http_stream_mod_inspect_body(ngx_http_request_t *r,
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
 
-    cln = ngx_pool_cleanup_add(r->pool, 0);
-    if (cln == NULL) {
-        json_decref(body);
+    if (ngx_http_stream_mod_json_pool(r->pool, body) != NGX_OK) {
         return NGX_HTTP_INTERNAL_SERVER_ERROR;
     }
-
-    cln->handler = ngx_http_stream_mod_body_cleanup;
-    cln->data = body;
 
     if (!json_is_object(body)) {
         return ngx_http_stream_mod_fail(r, ctx, NGX_HTTP_STREAM_MOD_REJECT,
@@ -750,9 +743,3 @@ ngx_http_stream_mod_body_buf(ngx_http_request_t *r, u_char *pos, u_char *last)
     return cl;
 }
 
-
-static void
-ngx_http_stream_mod_body_cleanup(void *data)
-{
-    json_decref((json_t *) data);
-}

@@ -30,7 +30,6 @@ static ngx_int_t ngx_http_stream_mod_time_claim(json_t *claims,
     const char *name, double *value);
 static ngx_int_t ngx_http_stream_mod_unauthorized(ngx_http_request_t *r,
     ngx_http_stream_mod_ctx_t *ctx, ngx_int_t code, const char *message);
-static void ngx_http_stream_mod_json_cleanup(void *data);
 static ngx_http_stream_mod_token_entry_t *ngx_http_stream_mod_token_lookup(
     ngx_http_stream_mod_loc_conf_t *lcf, ngx_str_t *token);
 static void ngx_http_stream_mod_token_store(
@@ -95,7 +94,6 @@ ngx_http_stream_mod_token(ngx_http_request_t *r,
     ngx_str_t                           token;
     ngx_int_t                           rc;
     ngx_uint_t                          i, n, verified;
-    ngx_pool_cleanup_t                 *cln;
     ngx_http_stream_mod_secret_t       *key;
     ngx_http_stream_mod_token_entry_t  *entry;
 
@@ -126,14 +124,9 @@ ngx_http_stream_mod_token(ngx_http_request_t *r,
         /* verified before by this worker: the claims are known good */
         claims = json_incref(entry->claims);
 
-        cln = ngx_pool_cleanup_add(r->pool, 0);
-        if (cln == NULL) {
-            json_decref(claims);
+        if (ngx_http_stream_mod_json_pool(r->pool, claims) != NGX_OK) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
-
-        cln->handler = ngx_http_stream_mod_json_cleanup;
-        cln->data = claims;
 
         ctx->claims = claims;
         ctx->api_secret_token = entry->api_secret;
@@ -348,7 +341,6 @@ ngx_http_stream_mod_decode_segment(ngx_http_request_t *r, u_char *p,
     json_t              *json;
     ngx_str_t            src, dst;
     json_error_t         err;
-    ngx_pool_cleanup_t  *cln;
 
     src.data = p;
     src.len = len;
@@ -373,23 +365,11 @@ ngx_http_stream_mod_decode_segment(ngx_http_request_t *r, u_char *p,
         return NULL;
     }
 
-    cln = ngx_pool_cleanup_add(r->pool, 0);
-    if (cln == NULL) {
-        json_decref(json);
+    if (ngx_http_stream_mod_json_pool(r->pool, json) != NGX_OK) {
         return NULL;
     }
 
-    cln->handler = ngx_http_stream_mod_json_cleanup;
-    cln->data = json;
-
     return json;
-}
-
-
-static void
-ngx_http_stream_mod_json_cleanup(void *data)
-{
-    json_decref((json_t *) data);
 }
 
 

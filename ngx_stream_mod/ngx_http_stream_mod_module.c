@@ -21,6 +21,7 @@ static ngx_int_t ngx_http_stream_mod_forward(ngx_http_request_t *r,
     ngx_http_stream_mod_loc_conf_t *lcf, ngx_http_stream_mod_ctx_t *ctx);
 static ngx_int_t ngx_http_stream_mod_json_content(ngx_http_request_t *r);
 static void ngx_http_stream_mod_scrub(void *data);
+static void ngx_http_stream_mod_json_cleanup(void *data);
 static ngx_int_t ngx_http_stream_mod_log_handler(ngx_http_request_t *r);
 
 static ngx_int_t ngx_http_stream_mod_add_variables(ngx_conf_t *cf);
@@ -409,6 +410,37 @@ ngx_http_stream_mod_create_ctx(ngx_http_request_t *r)
     r->error_page = 1;
 
     return ctx;
+}
+
+
+/*
+ * A jansson value lives as long as the pool; jansson allocates with
+ * malloc, so the pool's cleanup releases it.  On failure it is released
+ * at once.
+ */
+
+ngx_int_t
+ngx_http_stream_mod_json_pool(ngx_pool_t *pool, json_t *json)
+{
+    ngx_pool_cleanup_t  *cln;
+
+    cln = ngx_pool_cleanup_add(pool, 0);
+    if (cln == NULL) {
+        json_decref(json);
+        return NGX_ERROR;
+    }
+
+    cln->handler = ngx_http_stream_mod_json_cleanup;
+    cln->data = json;
+
+    return NGX_OK;
+}
+
+
+static void
+ngx_http_stream_mod_json_cleanup(void *data)
+{
+    json_decref((json_t *) data);
 }
 
 

@@ -80,7 +80,6 @@ static ngx_uint_t ngx_http_stream_mod_caller_roles(
     ngx_str_t *roles, ngx_uint_t max);
 static ngx_uint_t ngx_http_stream_mod_has_role(
     ngx_http_stream_mod_list_t *wanted, ngx_str_t *roles, ngx_uint_t n);
-static void ngx_http_stream_mod_policy_cleanup(void *data);
 
 
 char *
@@ -158,7 +157,6 @@ ngx_http_stream_mod_policy_load(ngx_conf_t *cf, ngx_str_t *file,
 {
     json_t                               *root;
     json_error_t                          err;
-    ngx_pool_cleanup_t                   *cln;
     ngx_http_stream_mod_policy_t         *policy;
     ngx_http_stream_mod_policy_loader_t   ld;
 
@@ -171,14 +169,10 @@ ngx_http_stream_mod_policy_load(ngx_conf_t *cf, ngx_str_t *file,
         return NULL;
     }
 
-    cln = ngx_pool_cleanup_add(cf->pool, 0);
-    if (cln == NULL) {
-        json_decref(root);
+    /* the compiled lists point into it: it lives with the configuration */
+    if (ngx_http_stream_mod_json_pool(cf->pool, root) != NGX_OK) {
         return NULL;
     }
-
-    cln->handler = ngx_http_stream_mod_policy_cleanup;
-    cln->data = root;
 
     policy = ngx_pcalloc(cf->pool, sizeof(ngx_http_stream_mod_policy_t));
     if (policy == NULL) {
@@ -197,13 +191,6 @@ ngx_http_stream_mod_policy_load(ngx_conf_t *cf, ngx_str_t *file,
     }
 
     return policy;
-}
-
-
-static void
-ngx_http_stream_mod_policy_cleanup(void *data)
-{
-    json_decref((json_t *) data);
 }
 
 
