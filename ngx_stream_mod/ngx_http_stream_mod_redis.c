@@ -86,8 +86,9 @@ ngx_int_t
 ngx_http_stream_mod_redis_parse(ngx_conf_t *cf,
     ngx_http_stream_mod_redis_t *rd, ngx_str_t *addr)
 {
-    u_char     *p;
-    ngx_url_t   u;
+    u_char      *p, hash[20];
+    ngx_url_t    u;
+    ngx_sha1_t   sha1;
 
     ngx_memzero(&u, sizeof(ngx_url_t));
 
@@ -126,17 +127,12 @@ ngx_http_stream_mod_redis_parse(ngx_conf_t *cf,
         return NGX_ERROR;
     }
 
-    {
-        u_char     hash[20];
-        ngx_sha1_t sha1;
+    ngx_sha1_init(&sha1);
+    ngx_sha1_update(&sha1, ngx_http_stream_mod_redis_script.data,
+                    ngx_http_stream_mod_redis_script.len);
+    ngx_sha1_final(hash, &sha1);
 
-        ngx_sha1_init(&sha1);
-        ngx_sha1_update(&sha1, ngx_http_stream_mod_redis_script.data,
-                        ngx_http_stream_mod_redis_script.len);
-        ngx_sha1_final(hash, &sha1);
-
-        ngx_hex_dump(p, hash, 20);
-    }
+    ngx_hex_dump(p, hash, 20);
 
     rd->sha1.data = p;
     rd->sha1.len = 40;
