@@ -8,6 +8,7 @@
  *   ngx_http_stream_mod_identity.c  user tokens (HS256 JWT), server token
  *   ngx_http_stream_mod_action.c    action table and path routing
  *   ngx_http_stream_mod_body.c      body capture, inspection and stamping
+ *   ngx_http_stream_mod_json.c      the body's JSON, read in one pass
  *   ngx_http_stream_mod_policy.c    policy file: loading and evaluation
  *   ngx_http_stream_mod_limit.c     per-moderator rate limits (shm zones)
  *   ngx_http_stream_mod_upstream.c  rewrite of the request for proxy_pass
@@ -95,6 +96,50 @@ enum {
 #define NGX_HTTP_STREAM_MOD_F_ACTOR     0x02
 #define NGX_HTTP_STREAM_MOD_F_TARGET    0x04
 #define NGX_HTTP_STREAM_MOD_F_USER_ID   0x08  /* values are user ids */
+
+
+/* JSON value types of the body reader (json.c) */
+#define NGX_HTTP_STREAM_MOD_J_NULL     0
+#define NGX_HTTP_STREAM_MOD_J_FALSE    1
+#define NGX_HTTP_STREAM_MOD_J_TRUE     2
+#define NGX_HTTP_STREAM_MOD_J_INTEGER  3
+#define NGX_HTTP_STREAM_MOD_J_REAL     4
+#define NGX_HTTP_STREAM_MOD_J_STRING   5
+#define NGX_HTTP_STREAM_MOD_J_ARRAY    6
+#define NGX_HTTP_STREAM_MOD_J_OBJECT   7
+
+
+typedef struct ngx_http_stream_mod_json_value_s
+    ngx_http_stream_mod_json_value_t;
+
+struct ngx_http_stream_mod_json_value_s {
+    ngx_uint_t                      type;
+    ngx_str_t                       raw;           /* as the client sent it */
+    ngx_str_t                       str;           /* J_STRING, decoded */
+    int64_t                         integer;       /* J_INTEGER */
+    /* J_ARRAY of a top-level member: its items */
+    ngx_http_stream_mod_json_value_t  *items;
+    ngx_uint_t                      nitems;
+};
+
+
+typedef struct {
+    ngx_str_t                       key;           /* decoded */
+    ngx_http_stream_mod_json_value_t   value;
+} ngx_http_stream_mod_json_member_t;
+
+
+typedef struct {
+    ngx_uint_t                      type;          /* of the whole text */
+    /* J_OBJECT: the top-level members, in the client's order */
+    ngx_http_stream_mod_json_member_t  *members;
+    ngx_uint_t                      nmembers;
+    ngx_uint_t                      nalloc;
+    /* a refused text: why and where */
+    ngx_uint_t                      duplicate;
+    ngx_uint_t                      line;
+    ngx_uint_t                      column;
+} ngx_http_stream_mod_json_t;
 
 
 typedef struct {
@@ -204,10 +249,21 @@ typedef struct {
 } ngx_http_stream_mod_limit_ref_t;
 
 
+/* the headers the gateway adds upstream, hashed once (upstream.c) */
+enum {
+    NGX_HTTP_STREAM_MOD_H_AUTHORIZATION = 0,
+    NGX_HTTP_STREAM_MOD_H_AUTH_TYPE,
+    NGX_HTTP_STREAM_MOD_H_CONTENT_TYPE,
+    NGX_HTTP_STREAM_MOD_H_CLIENT,
+    NGX_HTTP_STREAM_MOD_NHEADERS
+};
+
+
 typedef struct {
     ngx_shm_zone_t                 *status_zone;
     ngx_array_t                    *zones;           /* ngx_shm_zone_t * */
     ngx_array_t                    *refs;            /* limit_ref_t */
+    ngx_table_elt_t                 headers[NGX_HTTP_STREAM_MOD_NHEADERS];
 } ngx_http_stream_mod_main_conf_t;
 
 
@@ -243,7 +299,8 @@ typedef struct {
     ngx_str_t                       user;
     ngx_str_t                       token;          /* raw user token */
     json_t                         *claims;
-    json_t                         *body;
+    /* the body's top-level members (none for actions without a body) */
+    ngx_http_stream_mod_json_t      body;
     unsigned                        api_secret_token:1;
 
     ngx_array_t                     targets;        /* ngx_str_t */
@@ -325,6 +382,14 @@ ngx_int_t ngx_http_stream_mod_check_query_actor(ngx_http_request_t *r,
 ngx_int_t ngx_http_stream_mod_add_target(ngx_http_request_t *r,
     ngx_http_stream_mod_ctx_t *ctx, ngx_str_t *target);
 
+/* json.c */
+ngx_int_t ngx_http_stream_mod_json_parse(ngx_pool_t *pool, u_char *text,
+    size_t len, ngx_http_stream_mod_json_t *json);
+ngx_http_stream_mod_json_value_t *ngx_http_stream_mod_json_get(
+    ngx_http_stream_mod_json_t *json, u_char *name, size_t len);
+ngx_uint_t ngx_http_stream_mod_json_equal(ngx_http_stream_mod_json_value_t *v,
+    json_t *want);
+
 /* policy.c */
 char *ngx_http_stream_mod_policy(ngx_conf_t *cf, ngx_command_t *cmd,
     void *conf);
@@ -357,6 +422,7 @@ void ngx_http_stream_mod_redis_reset(ngx_http_stream_mod_redis_t *rd,
 void ngx_http_stream_mod_redis_exit(ngx_http_stream_mod_redis_t *rd);
 
 /* upstream.c */
+void ngx_http_stream_mod_upstream_headers(ngx_table_elt_t *headers);
 ngx_int_t ngx_http_stream_mod_rewrite(ngx_http_request_t *r,
     ngx_http_stream_mod_loc_conf_t *lcf, ngx_http_stream_mod_ctx_t *ctx);
 

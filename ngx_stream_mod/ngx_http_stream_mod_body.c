@@ -2,8 +2,9 @@
 /*
  * Body inspection.  A request body filter copies the body into memory as
  * it arrives (so a body NGINX spools to a temporary file is still seen
- * whole, and never read back from disk); the gate then parses it once,
- * checks it against the operation's schema and stamps the actor field.
+ * whole, and never read back from disk); the gate then reads it once
+ * (json.c), checks it against the operation's schema and stamps the actor
+ * field.
  * What goes upstream is the client's bytes with only the actor inserted.
  */
 
@@ -14,13 +15,14 @@
 static ngx_int_t ngx_http_stream_mod_request_body_filter(
     ngx_http_request_t *r, ngx_chain_t *in);
 static ngx_int_t ngx_http_stream_mod_check_names(ngx_http_request_t *r,
-    ngx_http_stream_mod_ctx_t *ctx, json_t *body);
+    ngx_http_stream_mod_ctx_t *ctx, ngx_http_stream_mod_json_t *body);
 static ngx_int_t ngx_http_stream_mod_check_field(ngx_http_request_t *r,
     ngx_http_stream_mod_ctx_t *ctx, ngx_http_stream_mod_field_t *f,
-    json_t *v);
+    ngx_http_stream_mod_json_value_t *v);
 static ngx_int_t ngx_http_stream_mod_check_string(ngx_http_request_t *r,
     ngx_http_stream_mod_ctx_t *ctx, ngx_http_stream_mod_field_t *f,
-    json_t *v);
+    ngx_http_stream_mod_json_value_t *v);
+static ngx_uint_t ngx_http_stream_mod_folds(u_char *p, size_t len);
 static size_t ngx_http_stream_mod_fold(u_char *dst, u_char *src, size_t len);
 static int ngx_libc_cdecl ngx_http_stream_mod_cmp_str(const void *one,
     const void *two);
@@ -122,62 +124,59 @@ ngx_int_t
 ngx_http_stream_mod_inspect_body(ngx_http_request_t *r,
     ngx_http_stream_mod_ctx_t *ctx)
 {
-    json_t                        *body, *v;
-    ngx_int_t                      rc;
-    ngx_str_t                      target;
-    ngx_uint_t                     i;
-    json_error_t                   err;
-    ngx_http_stream_mod_field_t   *f;
-    ngx_http_stream_mod_action_t  *action;
+    ngx_int_t                          rc;
+    ngx_str_t                          target;
+    ngx_uint_t                         i;
+    ngx_http_stream_mod_field_t       *f;
+    ngx_http_stream_mod_json_t        *body;
+    ngx_http_stream_mod_action_t      *action;
+    ngx_http_stream_mod_json_value_t  *v;
 
     action = ctx->action;
+    body = &ctx->body;
 
     if (ctx->raw_len == 0) {
-        body = json_object();
+        ngx_memzero(body, sizeof(ngx_http_stream_mod_json_t));
+        body->type = NGX_HTTP_STREAM_MOD_J_OBJECT;
 
     } else {
-        /* jansson refuses invalid UTF-8, NUL escapes and trailing data */
-        body = json_loadb((char *) ctx->raw, ctx->raw_len,
-                          JSON_REJECT_DUPLICATES|JSON_DECODE_ANY, &err);
+        /* refuses invalid UTF-8, NUL, duplicate keys and trailing data */
+        rc = ngx_http_stream_mod_json_parse(r->pool, ctx->raw, ctx->raw_len,
+                                            body);
 
-        if (body == NULL && json_error_code(&err) == json_error_duplicate_key) {
+        if (rc == NGX_ERROR) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        if (rc == NGX_DECLINED && body->duplicate) {
             /* the upstream must see exactly what was checked */
             return ngx_http_stream_mod_fail(r, ctx,
                                             NGX_HTTP_STREAM_MOD_REJECT,
                                             NGX_HTTP_BAD_REQUEST,
                                             NGX_HTTP_STREAM_MOD_E_INPUT,
                                             "duplicate key in JSON body at "
-                                            "line %d, column %d", err.line,
-                                            err.column);
+                                            "line %ui, column %ui",
+                                            body->line, body->column);
         }
 
-        if (body == NULL) {
+        if (rc == NGX_DECLINED) {
             return ngx_http_stream_mod_fail(r, ctx,
                                             NGX_HTTP_STREAM_MOD_REJECT,
                                             NGX_HTTP_BAD_REQUEST,
                                             NGX_HTTP_STREAM_MOD_E_INPUT,
-                                            "invalid JSON body at line %d, "
-                                            "column %d", err.line,
-                                            err.column);
+                                            "invalid JSON body at line %ui, "
+                                            "column %ui", body->line,
+                                            body->column);
         }
     }
 
-    if (body == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    if (ngx_http_stream_mod_json_pool(r->pool, body) != NGX_OK) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
-    if (!json_is_object(body)) {
+    if (body->type != NGX_HTTP_STREAM_MOD_J_OBJECT) {
+        body->nmembers = 0;
         return ngx_http_stream_mod_fail(r, ctx, NGX_HTTP_STREAM_MOD_REJECT,
                                         NGX_HTTP_BAD_REQUEST,
                                         NGX_HTTP_STREAM_MOD_E_INPUT,
                                         "body must be a JSON object");
     }
-
-    ctx->body = body;
 
     rc = ngx_http_stream_mod_check_names(r, ctx, body);
     if (rc != NGX_OK) {
@@ -187,7 +186,7 @@ ngx_http_stream_mod_inspect_body(ngx_http_request_t *r,
     for (i = 0; i < action->nfields; i++) {
         f = &action->fields[i];
 
-        v = json_object_get(body, (char *) f->name.data);
+        v = ngx_http_stream_mod_json_get(body, f->name.data, f->name.len);
 
         if (v == NULL) {
             if (f->flags & NGX_HTTP_STREAM_MOD_F_REQUIRED) {
@@ -209,7 +208,9 @@ ngx_http_stream_mod_inspect_body(ngx_http_request_t *r,
     }
 
     if (action->id == NGX_HTTP_STREAM_MOD_MUTE_USERS) {
-        ctx->mute_all = json_is_true(json_object_get(body, "mute_all_users"));
+        v = ngx_http_stream_mod_json_get(body, (u_char *) "mute_all_users",
+                                         sizeof("mute_all_users") - 1);
+        ctx->mute_all = (v && v->type == NGX_HTTP_STREAM_MOD_J_TRUE);
     }
 
     if (action->query_target.len == 0) {
@@ -218,11 +219,12 @@ ngx_http_stream_mod_inspect_body(ngx_http_request_t *r,
 
     /* unban: the target comes in the query, or in the body of DELETE */
 
-    v = json_object_get(body, (char *) action->query_target.data);
+    v = ngx_http_stream_mod_json_get(body, action->query_target.data,
+                                     action->query_target.len);
 
     if (v) {
-        target.data = (u_char *) json_string_value(v);
-        target.len = json_string_length(v);
+        /* a field of the action: checked above to be a string */
+        target = v->str;
 
         if (ctx->query_target.len
             && (ctx->query_target.len != target.len
@@ -277,53 +279,47 @@ ngx_http_stream_mod_inspect_body(ngx_http_request_t *r,
 
 static ngx_int_t
 ngx_http_stream_mod_check_names(ngx_http_request_t *r,
-    ngx_http_stream_mod_ctx_t *ctx, json_t *body)
+    ngx_http_stream_mod_ctx_t *ctx, ngx_http_stream_mod_json_t *body)
 {
     u_char                        *buf;
     size_t                         len;
-    json_t                        *v;
-    ngx_str_t                     *keys;
-    ngx_uint_t                     n, i, j;
-    const char                    *key;
+    ngx_str_t                     *keys, *key;
+    ngx_uint_t                     n, i, j, folding;
     ngx_http_stream_mod_field_t   *f;
     ngx_http_stream_mod_action_t  *action;
 
-    n = json_object_size(body);
-
-    if (n == 0) {
-        return NGX_OK;
-    }
-
-    keys = ngx_palloc(r->pool, n * sizeof(ngx_str_t));
-    if (keys == NULL) {
-        return NGX_HTTP_INTERNAL_SERVER_ERROR;
-    }
-
+    n = body->nmembers;
     action = ctx->action;
-    i = 0;
 
-    json_object_foreach(body, key, v) {
-        len = ngx_strlen(key);
+    /*
+     * A key that folding leaves as it is cannot be a near-spelling of a
+     * field, and two such keys cannot fold alike (the reader refused exact
+     * duplicates): most bodies stop here.
+     */
 
-        buf = ngx_pnalloc(r->pool, len + 1);
+    folding = 0;
+
+    for (i = 0; i < n; i++) {
+        key = &body->members[i].key;
+
+        if (!ngx_http_stream_mod_folds(key->data, key->len)) {
+            continue;
+        }
+
+        folding = 1;
+
+        buf = ngx_pnalloc(r->pool, key->len);
         if (buf == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
-        keys[i].data = buf;
-        keys[i].len = ngx_http_stream_mod_fold(buf, (u_char *) key, len);
+        len = ngx_http_stream_mod_fold(buf, key->data, key->len);
 
         for (j = 0; j < action->nfields; j++) {
             f = &action->fields[j];
 
-            if (f->name.len != keys[i].len
-                || ngx_strncmp(f->name.data, keys[i].data, f->name.len) != 0)
-            {
-                continue;
-            }
-
-            if (len != f->name.len
-                || ngx_strncmp(f->name.data, key, len) != 0)
+            if (f->name.len == len
+                && ngx_strncmp(f->name.data, buf, len) == 0)
             {
                 return ngx_http_stream_mod_fail(r, ctx,
                                             NGX_HTTP_STREAM_MOD_REJECT,
@@ -333,8 +329,27 @@ ngx_http_stream_mod_check_names(ngx_http_request_t *r,
                                             "exactly \"%V\"", &f->name);
             }
         }
+    }
 
-        i++;
+    if (!folding) {
+        return NGX_OK;
+    }
+
+    keys = ngx_palloc(r->pool, n * sizeof(ngx_str_t));
+    if (keys == NULL) {
+        return NGX_HTTP_INTERNAL_SERVER_ERROR;
+    }
+
+    for (i = 0; i < n; i++) {
+        key = &body->members[i].key;
+
+        buf = ngx_pnalloc(r->pool, key->len + 1);
+        if (buf == NULL) {
+            return NGX_HTTP_INTERNAL_SERVER_ERROR;
+        }
+
+        keys[i].data = buf;
+        keys[i].len = ngx_http_stream_mod_fold(buf, key->data, key->len);
     }
 
     ngx_qsort(keys, n, sizeof(ngx_str_t), ngx_http_stream_mod_cmp_str);
@@ -352,6 +367,23 @@ ngx_http_stream_mod_check_names(ngx_http_request_t *r,
     }
 
     return NGX_OK;
+}
+
+
+/* does Go's folding change this key: capitals, U+017F, U+212A */
+
+static ngx_uint_t
+ngx_http_stream_mod_folds(u_char *p, size_t len)
+{
+    u_char  *last;
+
+    for (last = p + len; p < last; p++) {
+        if ((*p >= 'A' && *p <= 'Z') || *p == 0xc5 || *p == 0xe2) {
+            return 1;
+        }
+    }
+
+    return 0;
 }
 
 
@@ -408,7 +440,7 @@ ngx_http_stream_mod_cmp_str(const void *one, const void *two)
 static ngx_int_t
 ngx_http_stream_mod_check_field(ngx_http_request_t *r,
     ngx_http_stream_mod_ctx_t *ctx, ngx_http_stream_mod_field_t *f,
-    json_t *v)
+    ngx_http_stream_mod_json_value_t *v)
 {
     size_t      n, i;
     ngx_int_t   rc;
@@ -424,25 +456,27 @@ ngx_http_stream_mod_check_field(ngx_http_request_t *r,
                                         "user id field instead", &f->name);
 
     case NGX_HTTP_STREAM_MOD_T_BOOL:
-        if (!json_is_boolean(v)) {
+        if (v->type != NGX_HTTP_STREAM_MOD_J_TRUE
+            && v->type != NGX_HTTP_STREAM_MOD_J_FALSE)
+        {
             goto invalid;
         }
 
         return NGX_OK;
 
     case NGX_HTTP_STREAM_MOD_T_UINT:
-        if (!json_is_integer(v) || json_integer_value(v) < 0) {
+        if (v->type != NGX_HTTP_STREAM_MOD_J_INTEGER || v->integer < 0) {
             goto invalid;
         }
 
         return NGX_OK;
 
     case NGX_HTTP_STREAM_MOD_T_STRINGS:
-        if (!json_is_array(v)) {
+        if (v->type != NGX_HTTP_STREAM_MOD_J_ARRAY) {
             goto invalid;
         }
 
-        n = json_array_size(v);
+        n = v->nitems;
 
         if (n < f->min_items || (f->max_items && n > f->max_items)) {
             return ngx_http_stream_mod_fail(r, ctx,
@@ -457,8 +491,7 @@ ngx_http_stream_mod_check_field(ngx_http_request_t *r,
         }
 
         for (i = 0; i < n; i++) {
-            rc = ngx_http_stream_mod_check_string(r, ctx, f,
-                                                  json_array_get(v, i));
+            rc = ngx_http_stream_mod_check_string(r, ctx, f, &v->items[i]);
             if (rc != NGX_OK) {
                 return rc;
             }
@@ -476,8 +509,7 @@ ngx_http_stream_mod_check_field(ngx_http_request_t *r,
             return NGX_OK;
         }
 
-        s.data = (u_char *) json_string_value(v);
-        s.len = json_string_length(v);
+        s = v->str;
 
         if (s.len != ctx->user.len
             || ngx_strncmp(s.data, ctx->user.data, s.len) != 0)
@@ -505,21 +537,20 @@ invalid:
 static ngx_int_t
 ngx_http_stream_mod_check_string(ngx_http_request_t *r,
     ngx_http_stream_mod_ctx_t *ctx, ngx_http_stream_mod_field_t *f,
-    json_t *v)
+    ngx_http_stream_mod_json_value_t *v)
 {
     ngx_int_t     rc;
     ngx_str_t     s;
     const char  **e;
 
-    if (!json_is_string(v)) {
+    if (v->type != NGX_HTTP_STREAM_MOD_J_STRING) {
         return ngx_http_stream_mod_fail(r, ctx, NGX_HTTP_STREAM_MOD_REJECT,
                                         NGX_HTTP_BAD_REQUEST,
                                         NGX_HTTP_STREAM_MOD_E_INPUT,
                                         "%V has the wrong type", &f->name);
     }
 
-    s.data = (u_char *) json_string_value(v);
-    s.len = json_string_length(v);
+    s = v->str;
 
     if (f->values) {
         for (e = f->values; *e; e++) {
@@ -641,7 +672,9 @@ ngx_http_stream_mod_stamp_body(ngx_http_request_t *r,
 
     actor = ngx_http_stream_mod_actor_field(ctx->action);
 
-    if (actor && json_object_get(ctx->body, (char *) actor->name.data)) {
+    if (actor && ngx_http_stream_mod_json_get(&ctx->body, actor->name.data,
+                                              actor->name.len))
+    {
         actor = NULL;
     }
 
@@ -683,9 +716,13 @@ ngx_http_stream_mod_stamp_body(ngx_http_request_t *r,
         }
 
         p = ngx_cpymem(p, ctx->raw, brace + 1 - ctx->raw);
-        p = ngx_sprintf(p, "\"%V\":\"%V\"", &actor->name, &ctx->user);
+        *p++ = '"';
+        p = ngx_cpymem(p, actor->name.data, actor->name.len);
+        p = ngx_cpymem(p, "\":\"", 3);
+        p = ngx_cpymem(p, ctx->user.data, ctx->user.len);
+        *p++ = '"';
 
-        if (json_object_size(ctx->body)) {
+        if (ctx->body.nmembers) {
             *p++ = ',';
         }
 

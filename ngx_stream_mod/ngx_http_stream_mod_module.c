@@ -703,7 +703,16 @@ ngx_http_stream_mod_target_variable(ngx_http_request_t *r,
 static void *
 ngx_http_stream_mod_create_main_conf(ngx_conf_t *cf)
 {
-    return ngx_pcalloc(cf->pool, sizeof(ngx_http_stream_mod_main_conf_t));
+    ngx_http_stream_mod_main_conf_t  *smcf;
+
+    smcf = ngx_pcalloc(cf->pool, sizeof(ngx_http_stream_mod_main_conf_t));
+    if (smcf == NULL) {
+        return NULL;
+    }
+
+    ngx_http_stream_mod_upstream_headers(smcf->headers);
+
+    return smcf;
 }
 
 

@@ -20,6 +20,8 @@ typedef struct {
     ngx_str_t                      *elts;
     ngx_uint_t                      nelts;
     ngx_uint_t                      any;
+    /* a one-hash Bloom filter of the names: most rules fail on one AND */
+    uint64_t                        bloom;
 } ngx_http_stream_mod_list_t;
 
 
@@ -73,6 +75,7 @@ static ngx_uint_t ngx_http_stream_mod_policy_locate(u_char *text, size_t len,
 static ngx_http_stream_mod_list_t *ngx_http_stream_mod_policy_list(
     ngx_conf_t *cf, json_t *v);
 static ngx_uint_t ngx_http_stream_mod_in(json_t *list, ngx_str_t *s);
+static uint64_t ngx_http_stream_mod_bloom(ngx_str_t *s);
 static ngx_uint_t ngx_http_stream_mod_listed(ngx_http_stream_mod_list_t *list,
     ngx_str_t *s);
 static ngx_uint_t ngx_http_stream_mod_caller_roles(
@@ -535,10 +538,22 @@ ngx_http_stream_mod_policy_list(ngx_conf_t *cf, json_t *v)
             continue;
         }
 
+        list->bloom |= ngx_http_stream_mod_bloom(e);
         list->nelts++;
     }
 
+    if (list->any) {
+        list->bloom = (uint64_t) -1;
+    }
+
     return list;
+}
+
+
+static uint64_t
+ngx_http_stream_mod_bloom(ngx_str_t *s)
+{
+    return (uint64_t) 1 << (ngx_hash_key(s->data, s->len) & 63);
 }
 
 
@@ -757,7 +772,7 @@ ngx_http_stream_mod_listed(ngx_http_stream_mod_list_t *list, ngx_str_t *s)
 
 /*
  * The caller's roles, gathered once per request from the map and the
- * claim; with roles == NULL only counted.
+ * claim: the first max of them into roles, all of them counted.
  */
 
 static ngx_uint_t
@@ -783,14 +798,12 @@ ngx_http_stream_mod_caller_roles(ngx_http_stream_mod_policy_t *policy,
                    ? json_object_get(ctx->claims, policy->role_claim) : NULL;
 
             if (json_is_string(list)) {
-                if (roles == NULL) {
-                    n++;
-
-                } else if (n < max) {
+                if (n < max) {
                     roles[n].data = (u_char *) json_string_value(list);
-                    roles[n++].len = json_string_length(list);
+                    roles[n].len = json_string_length(list);
                 }
 
+                n++;
                 continue;
             }
         }
@@ -804,13 +817,12 @@ ngx_http_stream_mod_caller_roles(ngx_http_stream_mod_policy_t *policy,
                 continue;
             }
 
-            if (roles == NULL) {
-                n++;
-
-            } else if (n < max) {
+            if (n < max) {
                 roles[n].data = (u_char *) json_string_value(v);
-                roles[n++].len = json_string_length(v);
+                roles[n].len = json_string_length(v);
             }
+
+            n++;
         }
     }
 
@@ -839,13 +851,15 @@ ngx_http_stream_mod_has_role(ngx_http_stream_mod_list_t *wanted,
 
 
 static ngx_uint_t
-ngx_http_stream_mod_when(json_t *when, json_t *body)
+ngx_http_stream_mod_when(json_t *when, ngx_http_stream_mod_json_t *body)
 {
-    json_t      *want, *have;
-    const char  *key;
+    json_t                            *want;
+    const char                        *key;
+    ngx_http_stream_mod_json_value_t  *have;
 
     json_object_foreach(when, key, want) {
-        have = body ? json_object_get(body, key) : NULL;
+        have = ngx_http_stream_mod_json_get(body, (u_char *) key,
+                                            ngx_strlen(key));
 
         if (have == NULL) {
             /* a missing field counts as false, or absent */
@@ -856,7 +870,7 @@ ngx_http_stream_mod_when(json_t *when, json_t *body)
             continue;
         }
 
-        if (!json_equal(have, want)) {
+        if (!ngx_http_stream_mod_json_equal(have, want)) {
             return 0;
         }
     }
@@ -869,12 +883,15 @@ ngx_int_t
 ngx_http_stream_mod_policy_check(ngx_http_request_t *r,
     ngx_http_stream_mod_policy_t *policy, ngx_http_stream_mod_ctx_t *ctx)
 {
-    json_t                      *v, *cids;
-    ngx_str_t                   *t, type;
-    ngx_str_t                    stack[NGX_HTTP_STREAM_MOD_MAX_ROLES];
-    ngx_str_t                   *roles;
-    ngx_uint_t                   i, n, nroles;
-    ngx_http_stream_mod_rule_t  *rule;
+    json_t                            *cids;
+    ngx_str_t                         *t, type;
+    ngx_str_t                          stack[NGX_HTTP_STREAM_MOD_MAX_ROLES];
+    ngx_str_t                         *roles;
+    uint32_t                           action;
+    uint64_t                           user_bloom, roles_bloom;
+    ngx_uint_t                         i, n, nroles;
+    ngx_http_stream_mod_rule_t        *rule;
+    ngx_http_stream_mod_json_value_t  *v;
 
     if (policy == NULL) {
         ngx_str_set(&ctx->rule, "default");
@@ -887,11 +904,11 @@ ngx_http_stream_mod_policy_check(ngx_http_request_t *r,
 
     /* a token limited to some calls (call_cids) is honoured */
 
-    cids = ctx->claims ? json_object_get(ctx->claims, "call_cids") : NULL;
+    cids = (ctx->action->call && ctx->claims)
+           ? json_object_get(ctx->claims, "call_cids") : NULL;
 
-    if (ctx->action->call && cids && !(json_is_array(cids)
-                                       && ngx_http_stream_mod_in(cids,
-                                                                 &ctx->call)))
+    if (cids && !(json_is_array(cids)
+                  && ngx_http_stream_mod_in(cids, &ctx->call)))
     {
         ngx_str_set(&ctx->rule, "call_cids");
         return ngx_http_stream_mod_fail(r, ctx, NGX_HTTP_STREAM_MOD_DENY,
@@ -922,31 +939,44 @@ ngx_http_stream_mod_policy_check(ngx_http_request_t *r,
 
     /* the caller's roles: on the stack, unless there are many */
 
-    nroles = ngx_http_stream_mod_caller_roles(policy, ctx, NULL, 0);
     roles = stack;
+    nroles = ngx_http_stream_mod_caller_roles(policy, ctx, roles,
+                                              NGX_HTTP_STREAM_MOD_MAX_ROLES);
 
     if (nroles > NGX_HTTP_STREAM_MOD_MAX_ROLES) {
         roles = ngx_palloc(r->pool, nroles * sizeof(ngx_str_t));
         if (roles == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
+
+        nroles = ngx_http_stream_mod_caller_roles(policy, ctx, roles, nroles);
     }
 
-    nroles = ngx_http_stream_mod_caller_roles(policy, ctx, roles, nroles);
+    user_bloom = ngx_http_stream_mod_bloom(&ctx->user);
+    roles_bloom = 0;
+
+    for (i = 0; i < nroles; i++) {
+        roles_bloom |= ngx_http_stream_mod_bloom(&roles[i]);
+    }
+
+    action = (uint32_t) 1 << ctx->action->id;
 
     for (i = 0; i < policy->nrules; i++) {
         rule = &policy->rules[i];
 
-        if (!(rule->actions & (1 << ctx->action->id))) {
+        if (!(rule->actions & action)) {
             continue;
         }
 
         if (!((rule->users
+               && (rule->users->bloom & user_bloom)
                && (rule->users->any
                    || ngx_http_stream_mod_listed(rule->users, &ctx->user)))
               || (rule->roles
-                  && ngx_http_stream_mod_has_role(rule->roles, roles,
-                                                  nroles))))
+                  && (rule->roles->any
+                      || ((rule->roles->bloom & roles_bloom)
+                          && ngx_http_stream_mod_has_role(rule->roles, roles,
+                                                          nroles))))))
         {
             continue;
         }
@@ -960,7 +990,7 @@ ngx_http_stream_mod_policy_check(ngx_http_request_t *r,
             continue;
         }
 
-        if (rule->when && !ngx_http_stream_mod_when(rule->when, ctx->body)) {
+        if (rule->when && !ngx_http_stream_mod_when(rule->when, &ctx->body)) {
             continue;
         }
 
@@ -975,7 +1005,8 @@ ngx_http_stream_mod_policy_check(ngx_http_request_t *r,
 
         /* limits of the allow rule */
 
-        v = ctx->body ? json_object_get(ctx->body, "timeout") : NULL;
+        v = ngx_http_stream_mod_json_get(&ctx->body, (u_char *) "timeout",
+                                         sizeof("timeout") - 1);
 
         if (rule->max_timeout != NGX_HTTP_STREAM_MOD_UNSET
             && (ctx->action->id == NGX_HTTP_STREAM_MOD_BAN
@@ -992,7 +1023,8 @@ ngx_http_stream_mod_policy_check(ngx_http_request_t *r,
                                             rule->max_timeout);
             }
 
-            if (json_integer_value(v) > rule->max_timeout) {
+            /* checked by the schema: an integer of at least 0 */
+            if (v->integer > rule->max_timeout) {
                 return ngx_http_stream_mod_fail(r, ctx,
                                             NGX_HTTP_STREAM_MOD_DENY,
                                             NGX_HTTP_FORBIDDEN,
@@ -1003,8 +1035,11 @@ ngx_http_stream_mod_policy_check(ngx_http_request_t *r,
             }
         }
 
-        if (rule->allow_ip_ban == 0 && ctx->body
-            && json_is_true(json_object_get(ctx->body, "ip_ban")))
+        v = ngx_http_stream_mod_json_get(&ctx->body, (u_char *) "ip_ban",
+                                         sizeof("ip_ban") - 1);
+
+        if (rule->allow_ip_ban == 0
+            && v && v->type == NGX_HTTP_STREAM_MOD_J_TRUE)
         {
             return ngx_http_stream_mod_fail(r, ctx, NGX_HTTP_STREAM_MOD_DENY,
                                             NGX_HTTP_FORBIDDEN,

@@ -10,8 +10,8 @@
 #include "ngx_http_stream_mod.h"
 
 
-static ngx_int_t ngx_http_stream_mod_push_header(ngx_list_t *list,
-    char *name, ngx_str_t *value, ngx_table_elt_t **elt);
+static ngx_table_elt_t *ngx_http_stream_mod_push_header(ngx_list_t *list,
+    ngx_table_elt_t *header, ngx_str_t *value);
 static ngx_uint_t ngx_http_stream_mod_allowed_header(ngx_table_elt_t *h);
 
 
@@ -19,18 +19,44 @@ static ngx_str_t  ngx_http_stream_mod_client =
     ngx_string("ngx_stream_mod/" NGX_HTTP_STREAM_MOD_VERSION);
 
 
+/* in the order of NGX_HTTP_STREAM_MOD_H_*: names, and their lower case */
+static ngx_str_t  ngx_http_stream_mod_header_names[][2] = {
+    { ngx_string("Authorization"), ngx_string("authorization") },
+    { ngx_string("stream-auth-type"), ngx_string("stream-auth-type") },
+    { ngx_string("Content-Type"), ngx_string("content-type") },
+    { ngx_string("X-Stream-Client"), ngx_string("x-stream-client") }
+};
+
+
+/* the added headers' keys and hashes, once per configuration */
+
+void
+ngx_http_stream_mod_upstream_headers(ngx_table_elt_t *headers)
+{
+    ngx_uint_t  i;
+
+    for (i = 0; i < NGX_HTTP_STREAM_MOD_NHEADERS; i++) {
+        headers[i].key = ngx_http_stream_mod_header_names[i][0];
+        headers[i].lowcase_key = ngx_http_stream_mod_header_names[i][1].data;
+        headers[i].hash = ngx_hash_key(headers[i].lowcase_key,
+                                       headers[i].key.len);
+    }
+}
+
+
 ngx_int_t
 ngx_http_stream_mod_rewrite(ngx_http_request_t *r,
     ngx_http_stream_mod_loc_conf_t *lcf, ngx_http_stream_mod_ctx_t *ctx)
 {
-    u_char                        *p, *s, *last;
-    size_t                         len;
-    ngx_str_t                      value;
-    ngx_uint_t                     i, seen;
-    ngx_list_t                     headers;
-    ngx_list_part_t               *part;
-    ngx_table_elt_t               *h, *elt, *auth, *ct;
-    ngx_http_stream_mod_action_t  *action;
+    u_char                           *p, *s, *last;
+    size_t                            len;
+    ngx_str_t                         value;
+    ngx_uint_t                        i, seen;
+    ngx_list_t                        headers;
+    ngx_list_part_t                  *part;
+    ngx_table_elt_t                  *h, *elt, *auth, *ct, *hs;
+    ngx_http_stream_mod_action_t     *action;
+    ngx_http_stream_mod_main_conf_t  *smcf;
 
     action = ctx->action;
 
@@ -73,15 +99,22 @@ ngx_http_stream_mod_rewrite(ngx_http_request_t *r,
     }
 
     r->args.data = p;
-    p = ngx_sprintf(p, "api_key=%V", &lcf->api_key);
+    p = ngx_cpymem(p, "api_key=", sizeof("api_key=") - 1);
+    p = ngx_cpymem(p, lcf->api_key.data, lcf->api_key.len);
 
     if (action->query_target.len) {
-        p = ngx_sprintf(p, "&%V=%V", &action->query_target,
-                        &ctx->query_target);
+        *p++ = '&';
+        p = ngx_cpymem(p, action->query_target.data,
+                       action->query_target.len);
+        *p++ = '=';
+        p = ngx_cpymem(p, ctx->query_target.data, ctx->query_target.len);
     }
 
     if (action->query_actor.len) {
-        p = ngx_sprintf(p, "&%V=%V", &action->query_actor, &ctx->user);
+        *p++ = '&';
+        p = ngx_cpymem(p, action->query_actor.data, action->query_actor.len);
+        *p++ = '=';
+        p = ngx_cpymem(p, ctx->user.data, ctx->user.len);
     }
 
     if (ctx->query_extra.len) {
@@ -156,31 +189,28 @@ ngx_http_stream_mod_rewrite(ngx_http_request_t *r,
         value = lcf->secret->server_token;
     }
 
-    if (ngx_http_stream_mod_push_header(&headers, "Authorization", &value,
-                                        &auth)
-        != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
+    smcf = ngx_http_get_module_main_conf(r, ngx_http_stream_mod_module);
+    hs = smcf->headers;
+
+    auth = ngx_http_stream_mod_push_header(&headers,
+                                     &hs[NGX_HTTP_STREAM_MOD_H_AUTHORIZATION],
+                                     &value);
 
     ngx_str_set(&value, "jwt");
-    if (ngx_http_stream_mod_push_header(&headers, "stream-auth-type", &value,
-                                        NULL)
-        != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
+    elt = ngx_http_stream_mod_push_header(&headers,
+                                         &hs[NGX_HTTP_STREAM_MOD_H_AUTH_TYPE],
+                                         &value);
 
     ngx_str_set(&value, "application/json");
-    if (ngx_http_stream_mod_push_header(&headers, "Content-Type", &value, &ct)
-        != NGX_OK)
-    {
-        return NGX_ERROR;
-    }
+    ct = ngx_http_stream_mod_push_header(&headers,
+                                      &hs[NGX_HTTP_STREAM_MOD_H_CONTENT_TYPE],
+                                      &value);
 
-    if (ngx_http_stream_mod_push_header(&headers, "X-Stream-Client",
-                                        &ngx_http_stream_mod_client, NULL)
-        != NGX_OK)
+    if (auth == NULL || elt == NULL || ct == NULL
+        || ngx_http_stream_mod_push_header(&headers,
+                                           &hs[NGX_HTTP_STREAM_MOD_H_CLIENT],
+                                           &ngx_http_stream_mod_client)
+           == NULL)
     {
         return NGX_ERROR;
     }
@@ -237,31 +267,19 @@ ngx_http_stream_mod_allowed_header(ngx_table_elt_t *h)
 
 /* hashed like NGINX's own parsed headers, so proxy_set_header overrides */
 
-static ngx_int_t
-ngx_http_stream_mod_push_header(ngx_list_t *list, char *name,
-    ngx_str_t *value, ngx_table_elt_t **elt)
+static ngx_table_elt_t *
+ngx_http_stream_mod_push_header(ngx_list_t *list, ngx_table_elt_t *header,
+    ngx_str_t *value)
 {
     ngx_table_elt_t  *h;
 
     h = ngx_list_push(list);
     if (h == NULL) {
-        return NGX_ERROR;
+        return NULL;
     }
 
-    h->key.data = (u_char *) name;
-    h->key.len = ngx_strlen(name);
+    *h = *header;
     h->value = *value;
 
-    h->lowcase_key = ngx_pnalloc(list->pool, h->key.len);
-    if (h->lowcase_key == NULL) {
-        return NGX_ERROR;
-    }
-
-    h->hash = ngx_hash_strlow(h->lowcase_key, h->key.data, h->key.len);
-
-    if (elt) {
-        *elt = h;
-    }
-
-    return NGX_OK;
+    return h;
 }

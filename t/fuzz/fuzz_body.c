@@ -20,7 +20,13 @@
  *     object less the actor equals the client's object, its length is the
  *     client's plus the actor member, and a body that already names the
  *     caller (or whose action has no actor) goes upstream byte for byte;
- *   - Content-Length (headers_in.content_length_n) is the stamped size.
+ *   - Content-Length (headers_in.content_length_n) is the stamped size;
+ *   - the module's JSON reader (json.c) agrees with jansson, the decoder it
+ *     stands in for (JSON_REJECT_DUPLICATES|JSON_DECODE_ANY): the same
+ *     texts refused, as a duplicate key or as invalid, at the same line and
+ *     column; for an accepted object the same members, in the same order,
+ *     with the same types and values.  One difference on purpose: a NUL
+ *     byte after a number, which jansson skips, is refused.
  */
 
 
@@ -170,6 +176,169 @@ fuzz_check_stamped(fuzz_req_t *fr, const uint8_t *raw, size_t raw_len)
 }
 
 
+static ngx_uint_t
+fuzz_same_value(ngx_http_stream_mod_json_value_t *v, json_t *j,
+    ngx_uint_t top)
+{
+    size_t   i;
+    json_t  *raw;
+
+    switch (json_typeof(j)) {
+
+    case JSON_NULL:
+        return v->type == NGX_HTTP_STREAM_MOD_J_NULL;
+
+    case JSON_TRUE:
+        return v->type == NGX_HTTP_STREAM_MOD_J_TRUE;
+
+    case JSON_FALSE:
+        return v->type == NGX_HTTP_STREAM_MOD_J_FALSE;
+
+    case JSON_INTEGER:
+        return v->type == NGX_HTTP_STREAM_MOD_J_INTEGER
+               && v->integer == json_integer_value(j);
+
+    case JSON_REAL:
+        return v->type == NGX_HTTP_STREAM_MOD_J_REAL;
+
+    case JSON_STRING:
+        return v->type == NGX_HTTP_STREAM_MOD_J_STRING
+               && v->str.len == json_string_length(j)
+               && ngx_memcmp(v->str.data, json_string_value(j),
+                             v->str.len) == 0;
+
+    case JSON_ARRAY:
+        if (v->type != NGX_HTTP_STREAM_MOD_J_ARRAY) {
+            return 0;
+        }
+
+        if (top) {
+            if (v->nitems != json_array_size(j)) {
+                return 0;
+            }
+
+            for (i = 0; i < v->nitems; i++) {
+                if (!fuzz_same_value(&v->items[i], json_array_get(j, i), 0)) {
+                    return 0;
+                }
+            }
+        }
+
+        break;
+
+    default:
+        if (v->type != NGX_HTTP_STREAM_MOD_J_OBJECT) {
+            return 0;
+        }
+
+        break;
+    }
+
+    /* the raw bytes of the value are the value */
+
+    raw = json_loadb((char *) v->raw.data, v->raw.len,
+                     JSON_REJECT_DUPLICATES|JSON_DECODE_ANY, NULL);
+    i = json_equal(raw, j);
+    json_decref(raw);
+
+    return i;
+}
+
+
+static void
+fuzz_check_reader(fuzz_req_t *fr, const uint8_t *raw, size_t raw_len,
+    ngx_int_t rc)
+{
+    char                                want[128];
+    json_t                             *j, *jv;
+    size_t                              i;
+    const char                         *key;
+    json_error_t                        err;
+    ngx_http_stream_mod_ctx_t          *ctx;
+    ngx_http_stream_mod_json_member_t  *m;
+
+    ctx = fr->ctx;
+
+    if (raw_len == 0) {
+        return;
+    }
+
+    j = json_loadb((char *) raw, raw_len,
+                   JSON_REJECT_DUPLICATES|JSON_DECODE_ANY, &err);
+
+    if (memchr(raw, '\0', raw_len)) {
+        /*
+         * jansson 2.14 skips a NUL byte that follows a number (putting the
+         * byte back looks like an empty buffer), so it may accept the text,
+         * or fail further on: the module refuses it where it is.
+         */
+        FUZZ_ASSERT(rc == NGX_HTTP_BAD_REQUEST
+                    && (ngx_strncmp(ctx->err_message.data, "invalid JSON", 12)
+                        == 0
+                        || ngx_strncmp(ctx->err_message.data,
+                                       "duplicate key", 13) == 0),
+                    "a NUL byte passed: %ld \"%.*s\"", (long) rc,
+                    (int) ctx->err_message.len, ctx->err_message.data);
+        json_decref(j);
+        return;
+    }
+
+    if (j == NULL) {
+        snprintf(want, sizeof(want), "%s at line %d, column %d",
+                 json_error_code(&err) == json_error_duplicate_key
+                 ? "duplicate key in JSON body" : "invalid JSON body",
+                 err.line, err.column);
+
+        FUZZ_ASSERT(rc == NGX_HTTP_BAD_REQUEST
+                    && ctx->err_message.len == strlen(want)
+                    && ngx_memcmp(ctx->err_message.data, want,
+                                  ctx->err_message.len) == 0,
+                    "jansson: \"%s\" (%s), the module: %ld \"%.*s\"",
+                    want, err.text, (long) rc, (int) ctx->err_message.len,
+                    ctx->err_message.data);
+        return;
+    }
+
+    FUZZ_ASSERT(ctx->err_message.len == 0
+                || (ngx_strncmp(ctx->err_message.data, "invalid JSON", 12)
+                    != 0
+                    && ngx_strncmp(ctx->err_message.data, "duplicate key",
+                                   13) != 0),
+                "jansson accepts what the module refuses: \"%.*s\"",
+                (int) ctx->err_message.len, ctx->err_message.data);
+
+    if (!json_is_object(j)) {
+        FUZZ_ASSERT(ctx->body.type != NGX_HTTP_STREAM_MOD_J_OBJECT,
+                    "the module reads an object, jansson does not");
+        json_decref(j);
+        return;
+    }
+
+    FUZZ_ASSERT(ctx->body.type == NGX_HTTP_STREAM_MOD_J_OBJECT
+                && ctx->body.nmembers == json_object_size(j),
+                "%zu members for the module, %zu for jansson",
+                (size_t) ctx->body.nmembers, json_object_size(j));
+
+    /* jansson keeps insertion order */
+
+    i = 0;
+
+    json_object_foreach(j, key, jv) {
+        m = &ctx->body.members[i++];
+
+        FUZZ_ASSERT(m->key.len == strlen(key)
+                    && ngx_memcmp(m->key.data, key, m->key.len) == 0,
+                    "member %zu: key \"%.*s\", jansson \"%s\"", i,
+                    (int) m->key.len, m->key.data, key);
+
+        FUZZ_ASSERT(fuzz_same_value(&m->value, jv, 1),
+                    "member \"%s\": the module reads another value", key);
+    }
+
+    json_decref(j);
+}
+
+
 int
 LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
 {
@@ -228,6 +397,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
                 || rc == NGX_HTTP_INTERNAL_SERVER_ERROR,
                 "unexpected result %ld", (long) rc);
 
+    fuzz_check_reader(&fr, data + 1, size - 1, rc);
+
     if (rc != NGX_OK) {
         FUZZ_ASSERT(rc == NGX_HTTP_INTERNAL_SERVER_ERROR
                     || (ctx->err_status == rc && ctx->err_message.len > 0
@@ -236,7 +407,8 @@ LLVMFuzzerTestOneInput(const uint8_t *data, size_t size)
         goto done;
     }
 
-    FUZZ_ASSERT(json_is_object(ctx->body), "passed without a JSON object");
+    FUZZ_ASSERT(ctx->body.type == NGX_HTTP_STREAM_MOD_J_OBJECT,
+                "passed without a JSON object");
 
     t = ctx->targets.elts;
 
