@@ -23,6 +23,9 @@
 /* jansson's JSON_PARSER_MAX_DEPTH: values, scalars too, nest 2048 deep */
 #define NGX_HTTP_STREAM_MOD_JSON_DEPTH  2048
 
+/* keys of the open objects kept on the stack before the pool is used */
+#define NGX_HTTP_STREAM_MOD_JSON_KEYS   32
+
 
 typedef struct {
     ngx_str_t                          key;       /* decoded */
@@ -124,11 +127,16 @@ ngx_http_stream_mod_json_parse(ngx_pool_t *pool, u_char *text, size_t len,
 {
     u_char                             *p, *at;
     ngx_int_t                           rc;
+    ngx_http_stream_mod_json_key_t      keys[NGX_HTTP_STREAM_MOD_JSON_KEYS];
     ngx_http_stream_mod_json_value_t    root;
     ngx_http_stream_mod_json_parser_t   ps;
 
     ngx_memzero(json, sizeof(ngx_http_stream_mod_json_t));
     ngx_memzero(&ps, sizeof(ngx_http_stream_mod_json_parser_t));
+
+    /* the keys are needed only while reading: on the stack, unless many */
+    ps.keys = keys;
+    ps.nalloc = NGX_HTTP_STREAM_MOD_JSON_KEYS;
 
     if (len == 0) {
         json->line = 1;
@@ -350,7 +358,7 @@ ngx_http_stream_mod_json_object(ngx_http_stream_mod_json_parser_t *ps,
         /* every key is kept until the object ends, for the duplicates */
 
         if (ps->nkeys == ps->nalloc) {
-            n = ps->nalloc ? ps->nalloc * 2 : 16;
+            n = ps->nalloc * 2;
 
             k = ngx_palloc(ps->pool,
                            n * sizeof(ngx_http_stream_mod_json_key_t));

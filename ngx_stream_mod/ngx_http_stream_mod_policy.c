@@ -40,7 +40,18 @@ typedef struct {
 } ngx_http_stream_mod_rule_t;
 
 
+/* a rule that names an action, with its filters inline for a quick skip */
+typedef struct {
+    uint64_t                        users;         /* Bloom, or 0 */
+    uint64_t                        roles;         /* Bloom, or 0 */
+    ngx_http_stream_mod_rule_t     *rule;
+} ngx_http_stream_mod_candidate_t;
+
+
 struct ngx_http_stream_mod_policy_s {
+    /* per action id, the rules naming it, in order */
+    ngx_http_stream_mod_candidate_t  *candidates[NGX_HTTP_STREAM_MOD_NACTIONS];
+    ngx_uint_t                      ncandidates[NGX_HTTP_STREAM_MOD_NACTIONS];
     json_t                         *root;
     json_t                         *roles;         /* user -> [role] */
     ngx_http_stream_mod_list_t     *protected;     /* or NULL */
@@ -201,9 +212,12 @@ static ngx_int_t
 ngx_http_stream_mod_policy_compile(ngx_http_stream_mod_policy_loader_t *ld,
     ngx_http_stream_mod_policy_t *policy)
 {
-    json_t      *root, *v, *rules;
-    size_t       i;
-    const char  *key;
+    json_t                           *root, *v, *rules;
+    size_t                            i;
+    ngx_uint_t                        a, n;
+    const char                       *key;
+    ngx_http_stream_mod_rule_t       *rule;
+    ngx_http_stream_mod_candidate_t  *c;
 
     root = policy->root;
 
@@ -303,6 +317,42 @@ ngx_http_stream_mod_policy_compile(ngx_http_stream_mod_policy_loader_t *ld,
             != NGX_OK)
         {
             return NGX_ERROR;
+        }
+    }
+
+    /* per action, the rules to walk */
+
+    for (a = 0; a < NGX_HTTP_STREAM_MOD_NACTIONS; a++) {
+        n = 0;
+
+        for (i = 0; i < policy->nrules; i++) {
+            n += (policy->rules[i].actions >> a) & 1;
+        }
+
+        if (n == 0) {
+            continue;
+        }
+
+        c = ngx_palloc(ld->cf->pool,
+                       n * sizeof(ngx_http_stream_mod_candidate_t));
+        if (c == NULL) {
+            return NGX_ERROR;
+        }
+
+        policy->candidates[a] = c;
+        policy->ncandidates[a] = n;
+
+        for (i = 0; i < policy->nrules; i++) {
+            rule = &policy->rules[i];
+
+            if (!((rule->actions >> a) & 1)) {
+                continue;
+            }
+
+            c->users = rule->users ? rule->users->bloom : 0;
+            c->roles = rule->roles ? rule->roles->bloom : 0;
+            c->rule = rule;
+            c++;
         }
     }
 
@@ -887,10 +937,10 @@ ngx_http_stream_mod_policy_check(ngx_http_request_t *r,
     ngx_str_t                         *t, type;
     ngx_str_t                          stack[NGX_HTTP_STREAM_MOD_MAX_ROLES];
     ngx_str_t                         *roles;
-    uint32_t                           action;
     uint64_t                           user_bloom, roles_bloom;
-    ngx_uint_t                         i, n, nroles;
+    ngx_uint_t                         i, n, nc, nroles;
     ngx_http_stream_mod_rule_t        *rule;
+    ngx_http_stream_mod_candidate_t   *c;
     ngx_http_stream_mod_json_value_t  *v;
 
     if (policy == NULL) {
@@ -952,31 +1002,36 @@ ngx_http_stream_mod_policy_check(ngx_http_request_t *r,
         nroles = ngx_http_stream_mod_caller_roles(policy, ctx, roles, nroles);
     }
 
+    /*
+     * The Bloom filters only skip: a rule whose filter passes is checked
+     * in full.  A "*" list's filter is all ones; the caller's roles always
+     * carry the top bit, so that "roles": ["*"] passes a caller with none.
+     */
+
     user_bloom = ngx_http_stream_mod_bloom(&ctx->user);
-    roles_bloom = 0;
+    roles_bloom = (uint64_t) 1 << 63;
 
     for (i = 0; i < nroles; i++) {
         roles_bloom |= ngx_http_stream_mod_bloom(&roles[i]);
     }
 
-    action = (uint32_t) 1 << ctx->action->id;
+    c = policy->candidates[ctx->action->id];
+    nc = policy->ncandidates[ctx->action->id];
 
-    for (i = 0; i < policy->nrules; i++) {
-        rule = &policy->rules[i];
+    for (i = 0; i < nc; i++) {
 
-        if (!(rule->actions & action)) {
+        if (!((c[i].users & user_bloom) | (c[i].roles & roles_bloom))) {
             continue;
         }
 
+        rule = c[i].rule;
+
         if (!((rule->users
-               && (rule->users->bloom & user_bloom)
                && (rule->users->any
                    || ngx_http_stream_mod_listed(rule->users, &ctx->user)))
               || (rule->roles
-                  && (rule->roles->any
-                      || ((rule->roles->bloom & roles_bloom)
-                          && ngx_http_stream_mod_has_role(rule->roles, roles,
-                                                          nroles))))))
+                  && ngx_http_stream_mod_has_role(rule->roles, roles,
+                                                  nroles))))
         {
             continue;
         }
