@@ -174,7 +174,7 @@ typedef struct {
 
 typedef struct {
     ngx_str_t                       secret;
-    /* HMAC-SHA256 keyed once with the secret; duplicated per use */
+    /* HMAC-SHA256 keyed once with the secret; restarted per use */
     struct evp_mac_ctx_st          *mac;
     /* HS256 JWT of {"server":true}, made once per secret (API secret) */
     ngx_str_t                       server_token;
@@ -186,6 +186,7 @@ typedef struct ngx_http_stream_mod_policy_s  ngx_http_stream_mod_policy_t;
 
 /* tokens this worker verified, so a repeated token skips HMAC and parsing */
 #define NGX_HTTP_STREAM_MOD_TOKEN_CACHE  256
+#define NGX_HTTP_STREAM_MOD_JWT_HEADER   128
 
 typedef struct {
     u_char                         *token;         /* malloc'd copy */
@@ -274,6 +275,8 @@ typedef struct {
     ngx_array_t                    *token_secrets;   /* secret_t */
     ngx_int_t                       identity;        /* -2: token */
     ngx_http_stream_mod_token_entry_t  *token_cache;
+    /* the JWT header segment this worker accepted last (not secret) */
+    ngx_str_t                       jwt_header;
     time_t                          leeway;
     size_t                          max_body_size;
     ngx_http_stream_mod_policy_t   *policy;

@@ -169,21 +169,38 @@ ngx_http_stream_mod_token(ngx_http_request_t *r,
         goto malformed;
     }
 
-    header = ngx_http_stream_mod_decode_segment(r, token.data,
-                                                dot1 - token.data);
-    if (header == NULL) {
-        goto malformed;
-    }
+    /*
+     * Nearly every token carries the same header: one that passed the
+     * checks below is not decoded again.  Its bytes alone decide, so no
+     * signature is involved yet.
+     */
 
-    v = json_object_get(header, "alg");
+    n = dot1 - token.data;
 
-    if (!json_is_string(v) || ngx_strcmp(json_string_value(v), "HS256") != 0
-        || json_object_get(header, "crit") != NULL)
+    if (n != lcf->jwt_header.len
+        || ngx_memcmp(token.data, lcf->jwt_header.data, n) != 0)
     {
-        return ngx_http_stream_mod_unauthorized(r, ctx,
+        header = ngx_http_stream_mod_decode_segment(r, token.data, n);
+        if (header == NULL) {
+            goto malformed;
+        }
+
+        v = json_object_get(header, "alg");
+
+        if (!json_is_string(v)
+            || ngx_strcmp(json_string_value(v), "HS256") != 0
+            || json_object_get(header, "crit") != NULL)
+        {
+            return ngx_http_stream_mod_unauthorized(r, ctx,
                                                 NGX_HTTP_STREAM_MOD_E_AUTH,
                                                 "only HS256 tokens are "
                                                 "accepted");
+        }
+
+        if (lcf->jwt_header.data && n <= NGX_HTTP_STREAM_MOD_JWT_HEADER) {
+            ngx_memcpy(lcf->jwt_header.data, token.data, n);
+            lcf->jwt_header.len = n;
+        }
     }
 
     /*
@@ -398,35 +415,27 @@ ngx_http_stream_mod_time_claim(json_t *claims, const char *name,
 
 
 /*
- * HMAC-SHA256 from a context keyed once at configuration: a duplicate is
- * cheaper than OpenSSL 3's one-shot HMAC(), which fetches the algorithm
- * and sets the key on every call.
+ * HMAC-SHA256 from a context keyed once at configuration: OpenSSL 3's
+ * one-shot HMAC() fetches the algorithm and sets the key on every call.
+ * EVP_MAC_init() without a key restarts from the keyed state; each worker
+ * process has its own copy of the context, and nothing else uses it
+ * between init and final.
  */
 
 static ngx_int_t
 ngx_http_stream_mod_sign(ngx_http_stream_mod_secret_t *key, u_char *data,
     size_t len, u_char *out)
 {
-    u_char        mac[EVP_MAX_MD_SIZE];
-    size_t        maclen;
-    ngx_int_t     rc;
-    ngx_str_t     src, dst;
-    EVP_MAC_CTX  *ctx;
+    u_char     mac[EVP_MAX_MD_SIZE];
+    size_t     maclen;
+    ngx_str_t  src, dst;
 
     maclen = 0;
 
-    ctx = EVP_MAC_CTX_dup(key->mac);
-    if (ctx == NULL) {
-        return NGX_ERROR;
-    }
-
-    rc = (EVP_MAC_update(ctx, data, len) == 1
-          && EVP_MAC_final(ctx, mac, &maclen, sizeof(mac)) == 1)
-         ? NGX_OK : NGX_ERROR;
-
-    EVP_MAC_CTX_free(ctx);
-
-    if (rc != NGX_OK) {
+    if (EVP_MAC_init(key->mac, NULL, 0, NULL) != 1
+        || EVP_MAC_update(key->mac, data, len) != 1
+        || EVP_MAC_final(key->mac, mac, &maclen, sizeof(mac)) != 1)
+    {
         return NGX_ERROR;
     }
 
@@ -740,6 +749,14 @@ ngx_http_stream_mod_token_cache_init(ngx_conf_t *cf,
     if (lcf->token_cache == NULL) {
         return NGX_ERROR;
     }
+
+    lcf->jwt_header.data = ngx_pnalloc(cf->pool,
+                                       NGX_HTTP_STREAM_MOD_JWT_HEADER);
+    if (lcf->jwt_header.data == NULL) {
+        return NGX_ERROR;
+    }
+
+    lcf->jwt_header.len = 0;
 
     cln = ngx_pool_cleanup_add(cf->pool, 0);
     if (cln == NULL) {
