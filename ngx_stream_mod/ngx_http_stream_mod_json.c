@@ -168,6 +168,10 @@ ngx_http_stream_mod_json_parse(ngx_pool_t *pool, u_char *text, size_t len,
         return NGX_OK;
     }
 
+    /* nothing of a refused text is kept */
+    json->members = NULL;
+    json->nmembers = 0;
+
     /* a duplicate key is always before any other error that was found */
 
     if (ps.dup) {
