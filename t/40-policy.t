@@ -111,6 +111,10 @@ my %POLICY = (
             { effect => 'allow', actions => ['ban'], users => ['bob'] },
             { effect => 'allow', actions => ['mute'], users => ['*'],
               when => { timeout => 60 } },
+            { effect => 'allow', actions => ['unmute'], users => ['*'],
+              when => { target_ids => ['u-2', 'u-3'] } },
+            { effect => 'allow', actions => ['block_user'], users => ['*'],
+              when => { blocked_user_id => 'u-2' } },
         ],
     },
 
@@ -525,6 +529,30 @@ denied('when: mute with "timeout": 59 does not', when => dave =>
 denied('when: mute without timeout does not match {"timeout": 60}', when => dave =>
     POST => '/moderation/mute', body => '{"target_ids":["u-2"]}',
     rule => 'default', message => 'denied: no rule allows mute (default)');
+
+# a string value, and an array compared as a whole (order and type count)
+
+allowed('when: block with "blocked_user_id": "u-2" matches the string (rule 6)',
+    when => dave => POST => '/moderation/block',
+    body => '{"blocked_user_id":"u-2"}', rule => 6,
+    upath => '/api/v2/users/block');
+
+denied('when: block of "u-3" does not match "u-2"', when => dave =>
+    POST => '/moderation/block', body => '{"blocked_user_id":"u-3"}',
+    rule => 'default', message => 'denied: no rule allows block_user (default)');
+
+allowed('when: unmute of ["u-2","u-3"] matches the array (rule 5)',
+    when => dave => POST => '/moderation/unmute',
+    body => '{"target_ids": [ "u-2" , "u-3" ]}', rule => 5,
+    upath => '/api/v2/moderation/unmute');
+
+denied('when: unmute of ["u-3","u-2"] does not (order counts)', when => dave =>
+    POST => '/moderation/unmute', body => '{"target_ids":["u-3","u-2"]}',
+    rule => 'default', message => 'denied: no rule allows unmute (default)');
+
+denied('when: unmute of ["u-2"] does not (a shorter array)', when => dave =>
+    POST => '/moderation/unmute', body => '{"target_ids":["u-2"]}',
+    rule => 'default', message => 'denied: no rule allows unmute (default)');
 
 ###############################################################################
 # limits
