@@ -466,6 +466,7 @@ static ngx_int_t
 ngx_http_stream_mod_json_array(ngx_http_stream_mod_json_parser_t *ps,
     ngx_http_stream_mod_json_value_t *v, ngx_uint_t depth)
 {
+    size_t                             size;
     ngx_int_t                          rc;
     ngx_uint_t                         n, nalloc;
     ngx_http_stream_mod_json_value_t  *items, *item;
@@ -488,8 +489,9 @@ ngx_http_stream_mod_json_array(ngx_http_stream_mod_json_parser_t *ps,
             if (n == nalloc) {
                 nalloc = nalloc ? nalloc * 2 : 8;
 
-                item = ngx_palloc(ps->pool,
-                               nalloc * sizeof(ngx_http_stream_mod_json_value_t));
+                size = nalloc * sizeof(ngx_http_stream_mod_json_value_t);
+
+                item = ngx_palloc(ps->pool, size);
                 if (item == NULL) {
                     ps->nomem = 1;
                     return NGX_ERROR;
@@ -806,8 +808,9 @@ ngx_http_stream_mod_json_unexpected(ngx_http_stream_mod_json_parser_t *ps)
         return ngx_http_stream_mod_json_fail(ps, p);
     }
 
-    return ngx_http_stream_mod_json_fail(ps,
-                                         ngx_http_stream_mod_json_read(p, last));
+    p = ngx_http_stream_mod_json_read(p, last);
+
+    return ngx_http_stream_mod_json_fail(ps, p);
 }
 
 
