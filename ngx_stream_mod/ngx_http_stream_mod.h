@@ -134,7 +134,6 @@ typedef struct {
     /* J_OBJECT: the top-level members, in the client's order */
     ngx_http_stream_mod_json_member_t  *members;
     ngx_uint_t                      nmembers;
-    ngx_uint_t                      nalloc;
     /* a refused text: why and where */
     ngx_uint_t                      duplicate;
     ngx_uint_t                      line;

@@ -66,6 +66,7 @@ static ssize_t ngx_http_stream_mod_json_unescape(u_char *dst, u_char *src,
     u_char *last);
 static ngx_int_t ngx_http_stream_mod_json_unexpected(
     ngx_http_stream_mod_json_parser_t *ps);
+static ngx_uint_t ngx_http_stream_mod_json_xdigit(u_char c);
 static ngx_uint_t ngx_http_stream_mod_json_hex(u_char *p);
 static size_t ngx_http_stream_mod_json_utf8(u_char *p, u_char *last);
 static void ngx_http_stream_mod_json_dups(
@@ -332,11 +333,13 @@ ngx_http_stream_mod_json_object(ngx_http_stream_mod_json_parser_t *ps,
     ngx_int_t                           rc;
     ngx_str_t                           key;
     ngx_uint_t                          base, n;
+    ngx_array_t                         members;
     ngx_http_stream_mod_json_key_t     *k;
     ngx_http_stream_mod_json_value_t   *v;
     ngx_http_stream_mod_json_member_t  *m;
 
     base = ps->nkeys;
+    members.elts = NULL;
 
     ngx_http_stream_mod_json_ws(ps);
 
@@ -398,27 +401,23 @@ ngx_http_stream_mod_json_object(ngx_http_stream_mod_json_parser_t *ps,
         v = NULL;
 
         if (json) {
-            if (json->nmembers == json->nalloc) {
-                n = json->nalloc ? json->nalloc * 2 : 8;
-
-                m = ngx_palloc(ps->pool,
-                               n * sizeof(ngx_http_stream_mod_json_member_t));
-                if (m == NULL) {
-                    ps->nomem = 1;
-                    rc = NGX_ERROR;
-                    goto done;
-                }
-
-                if (json->nmembers) {
-                    ngx_memcpy(m, json->members, json->nmembers
-                               * sizeof(ngx_http_stream_mod_json_member_t));
-                }
-
-                json->members = m;
-                json->nalloc = n;
+            if (members.elts == NULL
+                && ngx_array_init(&members, ps->pool, 8,
+                                  sizeof(ngx_http_stream_mod_json_member_t))
+                   != NGX_OK)
+            {
+                ps->nomem = 1;
+                rc = NGX_ERROR;
+                goto done;
             }
 
-            m = &json->members[json->nmembers];
+            m = ngx_array_push(&members);
+            if (m == NULL) {
+                ps->nomem = 1;
+                rc = NGX_ERROR;
+                goto done;
+            }
+
             m->key = key;
             v = &m->value;
         }
@@ -426,10 +425,6 @@ ngx_http_stream_mod_json_object(ngx_http_stream_mod_json_parser_t *ps,
         rc = ngx_http_stream_mod_json_value(ps, NULL, v, depth);
         if (rc != NGX_OK) {
             goto done;
-        }
-
-        if (json) {
-            json->nmembers++;
         }
 
         ngx_http_stream_mod_json_ws(ps);
@@ -452,6 +447,11 @@ ngx_http_stream_mod_json_object(ngx_http_stream_mod_json_parser_t *ps,
 
 done:
 
+    if (json && members.elts) {
+        json->members = members.elts;
+        json->nmembers = members.nelts;
+    }
+
     /* also on an error: a duplicate before it is the first error */
     ngx_http_stream_mod_json_dups(ps, base);
     ps->nkeys = base;
@@ -466,10 +466,10 @@ static ngx_int_t
 ngx_http_stream_mod_json_array(ngx_http_stream_mod_json_parser_t *ps,
     ngx_http_stream_mod_json_value_t *v, ngx_uint_t depth)
 {
-    size_t                             size;
     ngx_int_t                          rc;
-    ngx_uint_t                         n, nalloc;
-    ngx_http_stream_mod_json_value_t  *items, *item;
+    ngx_uint_t                         n;
+    ngx_array_t                        items;
+    ngx_http_stream_mod_json_value_t  *item;
 
     ngx_http_stream_mod_json_ws(ps);
 
@@ -478,34 +478,25 @@ ngx_http_stream_mod_json_array(ngx_http_stream_mod_json_parser_t *ps,
         return NGX_OK;
     }
 
-    items = NULL;
+    if (v && ngx_array_init(&items, ps->pool, 8,
+                            sizeof(ngx_http_stream_mod_json_value_t))
+             != NGX_OK)
+    {
+        ps->nomem = 1;
+        return NGX_ERROR;
+    }
+
     n = 0;
-    nalloc = 0;
 
     for ( ;; ) {
         item = NULL;
 
         if (v) {
-            if (n == nalloc) {
-                nalloc = nalloc ? nalloc * 2 : 8;
-
-                size = nalloc * sizeof(ngx_http_stream_mod_json_value_t);
-
-                item = ngx_palloc(ps->pool, size);
-                if (item == NULL) {
-                    ps->nomem = 1;
-                    return NGX_ERROR;
-                }
-
-                if (n) {
-                    ngx_memcpy(item, items,
-                               n * sizeof(ngx_http_stream_mod_json_value_t));
-                }
-
-                items = item;
+            item = ngx_array_push(&items);
+            if (item == NULL) {
+                ps->nomem = 1;
+                return NGX_ERROR;
             }
-
-            item = &items[n];
         }
 
         rc = ngx_http_stream_mod_json_value(ps, NULL, item, depth);
@@ -532,7 +523,7 @@ ngx_http_stream_mod_json_array(ngx_http_stream_mod_json_parser_t *ps,
     }
 
     if (v) {
-        v->items = items;
+        v->items = items.elts;
         v->nitems = n;
     }
 
@@ -596,11 +587,7 @@ ngx_http_stream_mod_json_string(ngx_http_stream_mod_json_parser_t *ps,
                         return ngx_http_stream_mod_json_fail(ps, last);
                     }
 
-                    c = p[n];
-
-                    if (!((c >= '0' && c <= '9')
-                          || ((c | 0x20) >= 'a' && (c | 0x20) <= 'f')))
-                    {
+                    if (ngx_http_stream_mod_json_xdigit(p[n]) > 15) {
                         return ngx_http_stream_mod_json_fail(ps,
                                 ngx_http_stream_mod_json_read(p + n, last));
                     }
@@ -814,31 +801,36 @@ ngx_http_stream_mod_json_unexpected(ngx_http_stream_mod_json_parser_t *ps)
 }
 
 
-/* four hex digits; more than 0xffff if one is not */
+/* a hex digit's value, or 16 */
+
+static ngx_uint_t
+ngx_http_stream_mod_json_xdigit(u_char c)
+{
+    if (c >= '0' && c <= '9') {
+        return c - '0';
+    }
+
+    c |= 0x20;
+
+    if (c >= 'a' && c <= 'f') {
+        return c - 'a' + 10;
+    }
+
+    return 16;
+}
+
+
+/* four hex digits (checked by the scan) as a number */
 
 static ngx_uint_t
 ngx_http_stream_mod_json_hex(u_char *p)
 {
-    u_char      c;
     ngx_uint_t  i, u;
 
     u = 0;
 
     for (i = 0; i < 4; i++) {
-        c = p[i];
-
-        if (c >= '0' && c <= '9') {
-            u = u * 16 + (c - '0');
-
-        } else {
-            c |= 0x20;
-
-            if (c < 'a' || c > 'f') {
-                return 0x10000;
-            }
-
-            u = u * 16 + (c - 'a' + 10);
-        }
+        u = u * 16 + ngx_http_stream_mod_json_xdigit(p[i]);
     }
 
     return u;
