@@ -282,9 +282,8 @@ ngx_http_stream_mod_check_names(ngx_http_request_t *r,
     ngx_http_stream_mod_ctx_t *ctx, ngx_http_stream_mod_json_t *body)
 {
     u_char                        *buf;
-    size_t                         len;
     ngx_str_t                     *keys, *key;
-    ngx_uint_t                     n, i, j, folding;
+    ngx_uint_t                     n, i, j;
     ngx_http_stream_mod_field_t   *f;
     ngx_http_stream_mod_action_t  *action;
 
@@ -297,41 +296,15 @@ ngx_http_stream_mod_check_names(ngx_http_request_t *r,
      * duplicates): most bodies stop here.
      */
 
-    folding = 0;
-
     for (i = 0; i < n; i++) {
         key = &body->members[i].key;
 
-        if (!ngx_http_stream_mod_folds(key->data, key->len)) {
-            continue;
-        }
-
-        folding = 1;
-
-        buf = ngx_pnalloc(r->pool, key->len);
-        if (buf == NULL) {
-            return NGX_HTTP_INTERNAL_SERVER_ERROR;
-        }
-
-        len = ngx_http_stream_mod_fold(buf, key->data, key->len);
-
-        for (j = 0; j < action->nfields; j++) {
-            f = &action->fields[j];
-
-            if (f->name.len == len
-                && ngx_strncmp(f->name.data, buf, len) == 0)
-            {
-                return ngx_http_stream_mod_fail(r, ctx,
-                                            NGX_HTTP_STREAM_MOD_REJECT,
-                                            NGX_HTTP_BAD_REQUEST,
-                                            NGX_HTTP_STREAM_MOD_E_INPUT,
-                                            "field name must be spelled "
-                                            "exactly \"%V\"", &f->name);
-            }
+        if (ngx_http_stream_mod_folds(key->data, key->len)) {
+            break;
         }
     }
 
-    if (!folding) {
+    if (i == n) {
         return NGX_OK;
     }
 
@@ -343,13 +316,30 @@ ngx_http_stream_mod_check_names(ngx_http_request_t *r,
     for (i = 0; i < n; i++) {
         key = &body->members[i].key;
 
-        buf = ngx_pnalloc(r->pool, key->len + 1);
+        buf = ngx_pnalloc(r->pool, key->len);
         if (buf == NULL) {
             return NGX_HTTP_INTERNAL_SERVER_ERROR;
         }
 
         keys[i].data = buf;
         keys[i].len = ngx_http_stream_mod_fold(buf, key->data, key->len);
+
+        for (j = 0; j < action->nfields; j++) {
+            f = &action->fields[j];
+
+            if (f->name.len == keys[i].len
+                && ngx_strncmp(f->name.data, keys[i].data, keys[i].len) == 0
+                && (key->len != f->name.len
+                    || ngx_strncmp(f->name.data, key->data, key->len) != 0))
+            {
+                return ngx_http_stream_mod_fail(r, ctx,
+                                            NGX_HTTP_STREAM_MOD_REJECT,
+                                            NGX_HTTP_BAD_REQUEST,
+                                            NGX_HTTP_STREAM_MOD_E_INPUT,
+                                            "field name must be spelled "
+                                            "exactly \"%V\"", &f->name);
+            }
+        }
     }
 
     ngx_qsort(keys, n, sizeof(ngx_str_t), ngx_http_stream_mod_cmp_str);
