@@ -26,27 +26,10 @@ $t->write_file('token-new', "$new_key\n", 0600);
 
 $t->write_policy({ rules => [ { effect => 'allow', actions => ['*'], users => ['*'] } ] });
 
-# One port; servers chosen by Host. Each server has the two gateway
-# locations of default_config.
+# One port; servers chosen by Host (see gateway_server in t/lib).
 sub server {
     my ($name, $extra) = @_;
-    return <<"SRV";
-    server {
-        listen 127.0.0.1:%%PORT%%;
-        server_name $name;
-        $extra
-
-        location /moderation/ {
-            stream_mod on;
-            proxy_pass http://stream_api;
-        }
-
-        location /calls/ {
-            stream_mod on;
-            proxy_pass http://stream_api;
-        }
-    }
-SRV
+    return $t->gateway_server($name, '', "        $extra");
 }
 
 (my $preamble = $t->http_preamble) =~ s/access_log \S+;/access_log $d\/access.log authlog;/

@@ -41,26 +41,6 @@ sub config {
     my $mods_size = $o{mods_size} // '1m';
     my $mods_rate = $o{mods_rate} // '6r/m';
 
-    my $server = sub {
-        my ($name, $limits, $extra) = @_;
-        $extra //= '';
-        my $locs = join '', map { <<"LOC" } qw(moderation calls);
-        location /$_/ {
-            stream_mod on;
-$limits
-            proxy_pass http://stream_api;
-        }
-LOC
-        return <<"SRV";
-    server {
-        listen 127.0.0.1:%%PORT%%;
-        server_name $name;
-$extra
-$locs
-    }
-SRV
-    };
-
     return "http {\n" . $t->http_preamble . <<"CONF"
     stream_mod_api_key %%API_KEY%%;
     stream_mod_api_secret_file %%SECRET_FILE%%;
@@ -78,19 +58,19 @@ SRV
     }
 
 CONF
-      . $server->('localhost', '            stream_mod_limit zone=mods burst=2;',
+      . $t->gateway_server('localhost', '            stream_mod_limit zone=mods burst=2;',
                   "        location = /status { stream_mod_status; }\n")
-      . $server->('peraction',
+      . $t->gateway_server('peraction',
                   '            stream_mod_limit zone=mods burst=0 per=action;')
-      . $server->('twozones',
+      . $t->gateway_server('twozones',
                   "            stream_mod_limit zone=a burst=5;\n"
                   . '            stream_mod_limit zone=b burst=1;')
-      . $server->('zonea', '            stream_mod_limit zone=a burst=5;')
-      . $server->('dryrun',
+      . $t->gateway_server('zonea', '            stream_mod_limit zone=a burst=5;')
+      . $t->gateway_server('dryrun',
                   "            stream_mod_limit zone=dry burst=0;\n"
                   . '            stream_mod_limit_dry_run on;')
-      . $server->('tiny', '            stream_mod_limit zone=tiny burst=0;')
-      . $server->('leak', '            stream_mod_limit zone=leak burst=0;')
+      . $t->gateway_server('tiny', '            stream_mod_limit zone=tiny burst=0;')
+      . $t->gateway_server('leak', '            stream_mod_limit zone=leak burst=0;')
       . "}\n";
 }
 

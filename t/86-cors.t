@@ -33,23 +33,9 @@ my $LOCAL = 'http://localhost:3000';
 
 sub server {
     my ($name, $extra, $loc_extra) = @_;
-    $loc_extra //= '';
-    my $locs = join '', map { <<"LOC" } qw(moderation calls);
-        location /$_/ {
-            stream_mod on;
-            stream_mod_limit zone=mods burst=0;
-$loc_extra
-            proxy_pass http://stream_api;
-        }
-LOC
-    return <<"SRV";
-    server {
-        listen 127.0.0.1:%%PORT%%;
-        server_name $name;
-$extra
-$locs
-    }
-SRV
+    my $loc = '            stream_mod_limit zone=mods burst=0;';
+    $loc .= "\n$loc_extra" if defined $loc_extra;
+    return $t->gateway_server($name, $loc, $extra);
 }
 
 $t->write_config("http {\n" . $t->http_preamble . <<'CONF'

@@ -245,26 +245,6 @@ my $policy = {
 sub config {
     my ($t) = @_;
 
-    my $server = sub {
-        my ($name, $limits, $extra) = @_;
-        $extra //= '';
-        my $locs = join '', map { <<"LOC" } qw(moderation calls);
-        location /$_/ {
-            stream_mod on;
-$limits
-            proxy_pass http://stream_api;
-        }
-LOC
-        return <<"SRV";
-    server {
-        listen 127.0.0.1:%%PORT%%;
-        server_name $name;
-$extra
-$locs
-    }
-SRV
-    };
-
     return "http {\n" . $t->http_preamble . <<"CONF"
     log_format t95 '\$stream_mod_decision \$status \$stream_mod_user "\$stream_mod_reason"';
     access_log %%DIR%%/audit.log t95;
@@ -286,16 +266,16 @@ SRV
     }
 
 CONF
-      . $server->('localhost', '            stream_mod_limit zone=shared burst=3;',
+      . $t->gateway_server('localhost', '            stream_mod_limit zone=shared burst=3;',
                   "        location = /status { stream_mod_status; }\n")
-      . $server->('local', '            stream_mod_limit zone=loc burst=3;')
-      . $server->('fallback', '            stream_mod_limit zone=fb burst=1;')
-      . $server->('slow', '            stream_mod_limit zone=slow burst=3;')
-      . $server->('prefix', '            stream_mod_limit zone=pfx burst=0 per=action;')
-      . $server->('mixed',
+      . $t->gateway_server('local', '            stream_mod_limit zone=loc burst=3;')
+      . $t->gateway_server('fallback', '            stream_mod_limit zone=fb burst=1;')
+      . $t->gateway_server('slow', '            stream_mod_limit zone=slow burst=3;')
+      . $t->gateway_server('prefix', '            stream_mod_limit zone=pfx burst=0 per=action;')
+      . $t->gateway_server('mixed',
                   "            stream_mod_limit zone=shared burst=3;\n"
                   . '            stream_mod_limit zone=mix burst=5;')
-      . $server->('mixonly', '            stream_mod_limit zone=mix burst=5;')
+      . $t->gateway_server('mixonly', '            stream_mod_limit zone=mix burst=5;')
       . "}\n";
 }
 

@@ -203,26 +203,33 @@ $http
         server 127.0.0.1:%%EMU_PORT%%;
     }
 
-    server {
-        listen 127.0.0.1:%%PORT%%;
-        server_name localhost;
-
-$srv
-
-        location /moderation/ {
-            stream_mod on;
-$loc
-            proxy_pass http://stream_api;
-        }
-
-        location /calls/ {
-            stream_mod on;
-$loc
-            proxy_pass http://stream_api;
-        }
-    }
+@{[ $self->gateway_server('localhost', $loc, $srv) ]}
 }
 CONF
+}
+
+# One virtual server (on the one port, chosen by Host) with the two
+# gateway locations of default_config in front of the emulator: $location
+# goes into both locations, $server into the server block.
+sub gateway_server {
+    my ($self, $name, $location, $server) = @_;
+    $location //= '';
+    $server   //= '';
+    my $locs = join '', map { <<"LOC" } qw(moderation calls);
+        location /$_/ {
+            stream_mod on;
+$location
+            proxy_pass http://stream_api;
+        }
+LOC
+    return <<"SRV";
+    server {
+        listen 127.0.0.1:%%PORT%%;
+        server_name $name;
+$server
+$locs
+    }
+SRV
 }
 
 sub write_policy {
