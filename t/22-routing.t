@@ -15,7 +15,7 @@ use Test::More;
 use JSON::PP;
 
 use lib 't/lib';
-use StreamMod::Test;
+use StreamMod::Test qw(mint_jwt b64url api_error);
 
 my $t = StreamMod::Test->new;
 
@@ -24,12 +24,6 @@ $t->write_config($t->default_config)->run;
 
 my $token = $t->user_token('mod-1');
 my $KEY = $t->api_key;
-
-sub api_error {
-    my ($status, $code, $msg) = @_;
-    return { code => $code, message => $msg, StatusCode => $status,
-        duration => '0.00ms', more_info => '', details => [] };
-}
 
 # send; default body a valid ban/kick body (both have target fields)
 sub send_req {

@@ -22,7 +22,7 @@ use JSON::PP;
 use Time::HiRes qw(time sleep);
 
 use lib 't/lib';
-use StreamMod::Test;
+use StreamMod::Test qw(mint_jwt b64url api_error_ok);
 
 my $t = StreamMod::Test->new;
 
@@ -58,35 +58,6 @@ my $TIMEOUT = $t->valgrind ? 60 : 10;
 
 ###############################################################################
 # helpers
-
-sub json_escape {
-    my ($s) = @_;
-    $s =~ s/(["\\])/\\$1/g;
-    return $s;
-}
-
-# the exact APIError answer and nothing upstream
-sub api_error_ok {
-    my ($r, $name, $status, $code, $message) = @_;
-
-    is($r->{status}, $status, "$name: status $status");
-    is_deeply($r->{headers}{'content-type'}, ['application/json'],
-        "$name: Content-Type application/json");
-
-    if (ref $message) {
-        like($r->{body},
-            qr/\A\{"code":\Q$code\E,"message":"(?:[^"\\]|\\.)*","StatusCode":\Q$status\E,"duration":"0\.00ms","more_info":"","details":\[\]\}\z/,
-            "$name: APIError shape, code $code");
-        like(ref $r->{json} eq 'HASH' ? $r->{json}{message} : undef, $message,
-            "$name: message");
-    } else {
-        is($r->{body},
-            "{\"code\":$code,\"message\":\"" . json_escape($message)
-            . "\",\"StatusCode\":$status,\"duration\":\"0.00ms\","
-            . "\"more_info\":\"\",\"details\":[]}",
-            "$name: APIError code $code, \"$message\"");
-    }
-}
 
 # send; expect a gateway refusal and nothing upstream
 sub refused {

@@ -21,7 +21,7 @@ use JSON::PP;
 use Time::HiRes qw(time sleep);
 
 use lib 't/lib';
-use StreamMod::Test;
+use StreamMod::Test qw(mint_jwt b64url api_error_body);
 
 my $t = StreamMod::Test->new;
 
@@ -277,12 +277,6 @@ sub send_as {
     return ($r, audit_line($n), "$host.test");
 }
 
-sub json_escape {
-    my ($s) = @_;
-    $s =~ s/(["\\])/\\$1/g;
-    return $s;
-}
-
 # expect: 403, code 17, the exact message; nothing upstream; audit line
 sub denied {
     my ($name, $policy, $user, $method, $path, %o) = @_;
@@ -294,9 +288,8 @@ sub denied {
     is($r->{status}, 403, "$name: 403");
     is_deeply($r->{headers}{'content-type'}, ['application/json'],
         "$name: Content-Type application/json");
-    is($r->{body}, '{"code":17,"message":"' . json_escape($message)
-        . '","StatusCode":403,"duration":"0.00ms","more_info":"",'
-        . '"details":[]}', "$name: code 17, \"$message\"");
+    is($r->{body}, api_error_body(403, 17, $message),
+        "$name: code 17, \"$message\"");
     is($t->upstream_count, 0, "$name: nothing reached Stream");
     is($audit, "$host|deny|$rule|$message",
         "$name: decision deny, rule $rule, reason in the access log");

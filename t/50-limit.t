@@ -22,7 +22,7 @@ use JSON::PP;
 use Time::HiRes qw(time sleep);
 
 use lib 't/lib';
-use StreamMod::Test;
+use StreamMod::Test qw(mint_jwt b64url api_error_body);
 
 my $t = StreamMod::Test->new;
 
@@ -106,17 +106,11 @@ sub status {
 
 sub zone { status()->{zones}{ $_[0] } // {} }
 
-sub api_error_body {
-    my ($code, $status, $message) = @_;
-    return qq({"code":$code,"message":"$message","StatusCode":$status,)
-      . qq("duration":"0.00ms","more_info":"","details":[]});
-}
-
 # a 429 from the gate: exact body and headers
 sub is_limited {
     my ($r, $zone, $name, %o) = @_;
     is($r->{status}, 429, "$name: 429") or diag($r->{raw});
-    is($r->{body}, api_error_body(9, 429, "rate limit exceeded (zone $zone)"),
+    is($r->{body}, api_error_body(429, 9, "rate limit exceeded (zone $zone)"),
         "$name: APIError code 9 naming zone $zone");
     is_deeply($r->{headers}{'content-type'}, ['application/json'],
         "$name: Content-Type application/json");
@@ -157,14 +151,14 @@ my $forged = $t->token({ user_id => 'bob', iat => int(time), exp => int(time) + 
 for my $i (1 .. 4) {
     my $r = ban([$forged]);
     is($r->{status}, 401, "forged token for bob #$i: 401");
-    is($r->{body}, api_error_body(43, 401, 'token signature is invalid'),
+    is($r->{body}, api_error_body(401, 43, 'token signature is invalid'),
         "forged token for bob #$i: code 43, not a rate-limit answer");
 }
 
 for my $i (1 .. 4) {
     my $r = ban('bob', extra => { ip_ban => JSON::PP::true });
     is($r->{status}, 403, "ban with ip_ban by bob #$i: 403 (policy)");
-    is($r->{body}, api_error_body(17, 403, 'denied by rule 1'),
+    is($r->{body}, api_error_body(403, 17, 'denied by rule 1'),
         "ban with ip_ban by bob #$i: denied by rule 1");
 }
 
@@ -229,7 +223,7 @@ is($t->upstream_count, 0, 'limited requests of bob: nothing upstream');
 my $st = status();
 $r = ban('bob', extra => { ip_ban => JSON::PP::true });
 is($r->{status}, 403, 'denied ban by limited bob: 403, the policy answers first');
-is($r->{body}, api_error_body(17, 403, 'denied by rule 1'),
+is($r->{body}, api_error_body(403, 17, 'denied by rule 1'),
     'denied ban by limited bob: denied by rule 1');
 $r = ban([$forged]);
 is($r->{status}, 401, 'forged token for limited bob: 401, identity first');

@@ -17,7 +17,7 @@ use JSON::PP;
 use IO::Socket::INET;
 
 use lib 't/lib';
-use StreamMod::Test qw(mint_jwt);
+use StreamMod::Test qw(mint_jwt api_error);
 
 my $t = StreamMod::Test->new;
 my $d = $t->dir;
@@ -104,12 +104,6 @@ sub req {
     my $r = $t->request($method, $path, token => $token, %o);
     push @responses, $r;
     return $r;
-}
-
-sub api_error {
-    my ($status, $code, $msg) = @_;
-    return { code => $code, message => $msg, StatusCode => $status,
-        duration => '0.00ms', more_info => '', details => [] };
 }
 
 # --------------------------------------------------------------------------

@@ -18,7 +18,7 @@ use MIME::Base64 qw(encode_base64);
 use Time::HiRes qw(time sleep);
 
 use lib 't/lib';
-use StreamMod::Test;
+use StreamMod::Test qw(mint_jwt b64url api_error_ok);
 
 my $t = StreamMod::Test->new;
 
@@ -201,23 +201,6 @@ my @JSON = ('Content-Type' => 'application/json');
 
 ###############################################################################
 # helpers
-
-sub json_escape {
-    my ($s) = @_;
-    $s =~ s/(["\\])/\\$1/g;
-    return $s;
-}
-
-sub api_error_ok {
-    my ($r, $name, $status, $code, $message) = @_;
-    is($r->{status}, $status, "$name: status $status");
-    is_deeply($r->{headers}{'content-type'}, ['application/json'],
-        "$name: Content-Type application/json");
-    is($r->{body}, "{\"code\":$code,\"message\":\"" . json_escape($message)
-        . "\",\"StatusCode\":$status,\"duration\":\"0.00ms\","
-        . "\"more_info\":\"\",\"details\":[]}",
-        "$name: APIError code $code, \"$message\"");
-}
 
 # audit log lines, without the /sink requests NGINX makes to itself
 sub audit_lines {

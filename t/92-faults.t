@@ -41,7 +41,7 @@ use POSIX ();
 use Time::HiRes qw(time sleep);
 
 use lib 't/lib';
-use StreamMod::Test;
+use StreamMod::Test qw(mint_jwt b64url api_error);
 
 my $t = StreamMod::Test->new;
 my $d = $t->dir;
@@ -158,12 +158,6 @@ $t->run;
 
 my %tokens;
 sub tok { $tokens{ $_[0] } //= $t->user_token($_[0]) }
-
-sub api_error {
-    my ($status, $code, $msg) = @_;
-    return { code => $code, message => $msg, StatusCode => $status,
-        duration => '0.00ms', more_info => '', details => [] };
-}
 
 sub ban {
     my (%o) = @_;

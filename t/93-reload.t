@@ -34,7 +34,7 @@ use POSIX ();
 use Time::HiRes qw(time sleep);
 
 use lib 't/lib';
-use StreamMod::Test;
+use StreamMod::Test qw(mint_jwt b64url api_error);
 
 my $t = StreamMod::Test->new;
 
@@ -110,12 +110,6 @@ $t->write_config(config(policy => 1, slow_rate => '1r/m'), workers => 2)->run;
 
 # --------------------------------------------------------------------------
 # helpers
-
-sub api_error {
-    my ($status, $code, $msg) = @_;
-    return { code => $code, message => $msg, StatusCode => $status,
-        duration => '0.00ms', more_info => '', details => [] };
-}
 
 sub status {
     my $r = $t->request(GET => '/stream_mod/status', timeout => $TIMEOUT);

@@ -25,7 +25,8 @@ use Scalar::Util qw(weaken);
 use Cwd qw(abs_path);
 
 our @EXPORT    = qw(mint_jwt b64url);
-our @EXPORT_OK = qw(mint_jwt b64url b64url_decode);
+our @EXPORT_OK = qw(mint_jwt b64url b64url_decode api_error api_error_body
+                    api_error_ok);
 
 # t/lib/StreamMod/Test.pm -> repository root
 my $REPO = File::Spec->catdir(dirname(File::Spec->rel2abs(__FILE__)), (File::Spec->updir) x 3);
@@ -181,6 +182,46 @@ sub http_preamble {
       "uwsgi_temp_path $d/uwsgi_temp;",
       "scgi_temp_path $d/scgi_temp;",
       "default_type application/octet-stream;";
+}
+
+# --------------------------------------------------------------------------
+# Stream's APIError, as the gateway answers it
+
+# decoded, for is_deeply against $r->{json}
+sub api_error {
+    my ($status, $code, $msg) = @_;
+    return { code => $code, message => $msg, StatusCode => $status,
+        duration => '0.00ms', more_info => '', details => [] };
+}
+
+# byte for byte, as the gateway writes it
+sub api_error_body {
+    my ($status, $code, $msg) = @_;
+    (my $m = $msg) =~ s/(["\\])/\\$1/g;
+    return qq({"code":$code,"message":"$m","StatusCode":$status,)
+      . qq("duration":"0.00ms","more_info":"","details":[]});
+}
+
+# status, Content-Type and exact body; with a qr// message, the body's
+# shape and the message by pattern
+sub api_error_ok {
+    my ($r, $name, $status, $code, $message) = @_;
+    local $Test::Builder::Level = $Test::Builder::Level + 1;
+
+    Test::More::is($r->{status}, $status, "$name: status $status");
+    Test::More::is_deeply($r->{headers}{'content-type'},
+        ['application/json'], "$name: Content-Type application/json");
+
+    if (ref $message) {
+        Test::More::like($r->{body},
+            qr/\A\{"code":\Q$code\E,"message":"(?:[^"\\]|\\.)*","StatusCode":\Q$status\E,"duration":"0\.00ms","more_info":"","details":\[\]\}\z/,
+            "$name: APIError shape, code $code");
+        Test::More::like(ref $r->{json} eq 'HASH' ? $r->{json}{message} : undef,
+            $message, "$name: message");
+    } else {
+        Test::More::is($r->{body}, api_error_body($status, $code, $message),
+            "$name: APIError code $code, \"$message\"");
+    }
 }
 
 # Standard config: the two stream_mod locations in front of the emulator.
